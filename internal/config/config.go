@@ -1,0 +1,330 @@
+// Package config reads backupmx's TOML configuration into typed values.
+//
+// Invariant: a Config returned by Load has passed Validate: unknown keys and bad
+// values are errors that name the key, and every default is filled in, so the
+// rest of the program never checks for zero values.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+	"golang.org/x/net/idna"
+)
+
+// Duration is a time.Duration written in Go syntax, with "d" for days ("15d", "1d12h").
+type Duration time.Duration
+
+// UnmarshalText parses Go duration syntax plus a leading "Nd" day count.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalText writes the duration in Go syntax.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+
+// D returns the value as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// ParseDuration accepts "15d", "1d12h", "10m", "90s".
+func ParseDuration(s string) (time.Duration, error) {
+	s = strings.TrimSpace(s)
+	var days time.Duration
+	if i := strings.IndexByte(s, 'd'); i > 0 {
+		n, err := strconv.Atoi(s[:i])
+		if err != nil {
+			return 0, fmt.Errorf("bad duration %q", s)
+		}
+		days = time.Duration(n) * 24 * time.Hour
+		s = s[i+1:]
+		if s == "" {
+			return days, nil
+		}
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("bad duration %q", s)
+	}
+	return days + v, nil
+}
+
+// Config is the whole file.
+type Config struct {
+	Hostname string    `toml:"hostname"` // banner, Received, HELO to primaries
+	Node     string    `toml:"node"`     // this node's name (lease owner); default the host name
+	SMTP     SMTP      `toml:"smtp"`
+	Store    Store     `toml:"store"`
+	Queue    Queue     `toml:"queue"`
+	Admin    Admin     `toml:"admin"`
+	DNS      DNS       `toml:"dns"`
+	Notices  Notices   `toml:"notices"`
+	Log      Log       `toml:"log"`
+	Domains  []*Domain `toml:"domain"`
+
+	byName map[string]*Domain
+}
+
+// SMTP is the inbound listener.
+type SMTP struct {
+	Listen         []string `toml:"listen"`
+	MaxMessageSize int64    `toml:"max_message_size"` // bytes; default 50 MiB
+	MaxRecipients  int      `toml:"max_recipients"`   // per message; default 1000
+	// Timeouts, RFC 5321 §4.5.3.2: commands 5m; DATA is an idle timeout per read.
+	CommandTimeout Duration `toml:"command_timeout"`
+	DataTimeout    Duration `toml:"data_timeout"`
+	MaxConnections int      `toml:"max_connections"` // default 1000
+}
+
+// Store selects and configures the queue engine.
+type Store struct {
+	Engine string `toml:"engine"` // "embedded" (default) or "postgres"
+	Dir    string `toml:"dir"`    // embedded: data directory
+	DSN    string `toml:"dsn"`    // postgres: connection string
+}
+
+// Queue is the scheduler's policy.
+type Queue struct {
+	Retention      Duration   `toml:"retention"`       // default 15d, then a DSN
+	Retry          []Duration `toml:"retry"`           // the last interval repeats
+	ProbeInterval  Duration   `toml:"probe_interval"`  // default 30s
+	Workers        int        `toml:"workers"`         // domains delivered at once; default 16
+	Sessions       int        `toml:"sessions"`        // connections per primary; default 4
+	Batch          int        `toml:"batch"`           // deliveries read per claim; default 200
+	Lease          Duration   `toml:"lease"`           // domain lease length; default 2m
+	ConnectTimeout Duration   `toml:"connect_timeout"` // default 30s
+}
+
+// Admin is the HTTP API the queue commands use.
+type Admin struct {
+	Listen string `toml:"listen"`
+	Token  string `toml:"token"` // bearer token; empty allowed only on loopback
+}
+
+// DNS selects the resolver.
+type DNS struct {
+	Resolver string `toml:"resolver"` // "host:port"; empty = system resolver
+}
+
+// Notices says where DSNs go.
+type Notices struct {
+	Smarthost string `toml:"smarthost"` // "host:port"; empty = MX of the sender's domain
+	Port      int    `toml:"port"`      // port used with MX hosts; default 25
+}
+
+// Log configures the operator's log.
+type Log struct {
+	Level  string `toml:"level"`  // debug, info (default), warn, error
+	Format string `toml:"format"` // text (default) or json
+}
+
+// Domain is one customer domain we are backup MX for.
+type Domain struct {
+	Name      string   `toml:"name"`
+	Primary   []string `toml:"primary"`   // host:port in preference order; empty = MX records
+	Retention Duration `toml:"retention"` // default queue.retention
+}
+
+// Load reads and validates the file at path.
+func Load(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return Parse(string(b))
+}
+
+// Parse decodes and validates a configuration text.
+func Parse(text string) (*Config, error) {
+	var c Config
+	md, err := toml.Decode(text, &c)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		keys := make([]string, len(und))
+		for i, k := range und {
+			keys[i] = k.String()
+		}
+		return nil, fmt.Errorf("config: unknown key(s): %s", strings.Join(keys, ", "))
+	}
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// Validate fills in defaults and checks every value; errors name the key.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(key, format string, a ...any) {
+		errs = append(errs, fmt.Errorf("config: %s: %s", key, fmt.Sprintf(format, a...)))
+	}
+	if c.Hostname == "" {
+		h, _ := os.Hostname()
+		c.Hostname = h
+	}
+	if c.Node == "" {
+		c.Node = c.Hostname
+	}
+	if len(c.SMTP.Listen) == 0 {
+		c.SMTP.Listen = []string{"0.0.0.0:25"}
+	}
+	for _, l := range c.SMTP.Listen {
+		if _, _, err := net.SplitHostPort(l); err != nil {
+			bad("smtp.listen", "%q is not host:port", l)
+		}
+	}
+	def64(&c.SMTP.MaxMessageSize, 50<<20)
+	if c.SMTP.MaxMessageSize < 0 {
+		bad("smtp.max_message_size", "must be positive")
+	}
+	defInt(&c.SMTP.MaxRecipients, 1000)
+	defInt(&c.SMTP.MaxConnections, 1000)
+	defDur(&c.SMTP.CommandTimeout, 5*time.Minute)
+	defDur(&c.SMTP.DataTimeout, 3*time.Minute)
+
+	switch c.Store.Engine {
+	case "":
+		c.Store.Engine = "embedded"
+		fallthrough
+	case "embedded":
+		if c.Store.Dir == "" {
+			c.Store.Dir = "var"
+		}
+	case "postgres":
+		if c.Store.DSN == "" {
+			bad("store.dsn", "required with engine \"postgres\"")
+		}
+	default:
+		bad("store.engine", "%q: want \"embedded\" or \"postgres\"", c.Store.Engine)
+	}
+
+	defDur(&c.Queue.Retention, 15*24*time.Hour)
+	if len(c.Queue.Retry) == 0 {
+		for range 6 {
+			c.Queue.Retry = append(c.Queue.Retry, Duration(10*time.Minute))
+		}
+		c.Queue.Retry = append(c.Queue.Retry, Duration(time.Hour))
+	}
+	for i, r := range c.Queue.Retry {
+		if r <= 0 {
+			bad(fmt.Sprintf("queue.retry[%d]", i), "must be positive")
+		}
+	}
+	defDur(&c.Queue.ProbeInterval, 30*time.Second)
+	defInt(&c.Queue.Workers, 16)
+	defInt(&c.Queue.Sessions, 4)
+	defInt(&c.Queue.Batch, 200)
+	defDur(&c.Queue.Lease, 2*time.Minute)
+	defDur(&c.Queue.ConnectTimeout, 30*time.Second)
+	for key, v := range map[string]int{"queue.workers": c.Queue.Workers, "queue.sessions": c.Queue.Sessions, "queue.batch": c.Queue.Batch} {
+		if v < 1 {
+			bad(key, "must be at least 1")
+		}
+	}
+
+	if c.Admin.Listen != "" {
+		host, _, err := net.SplitHostPort(c.Admin.Listen)
+		if err != nil {
+			bad("admin.listen", "%q is not host:port", c.Admin.Listen)
+		} else if c.Admin.Token == "" && !isLoopback(host) {
+			bad("admin.token", "required when admin.listen (%s) is not loopback", c.Admin.Listen)
+		}
+	}
+	if c.DNS.Resolver != "" {
+		if _, _, err := net.SplitHostPort(c.DNS.Resolver); err != nil {
+			bad("dns.resolver", "%q is not host:port", c.DNS.Resolver)
+		}
+	}
+	if c.Notices.Smarthost != "" {
+		if _, _, err := net.SplitHostPort(c.Notices.Smarthost); err != nil {
+			bad("notices.smarthost", "%q is not host:port", c.Notices.Smarthost)
+		}
+	}
+	if c.Notices.Port == 0 {
+		c.Notices.Port = 25
+	}
+	switch c.Log.Level {
+	case "", "debug", "info", "warn", "error":
+	default:
+		bad("log.level", "%q: want debug, info, warn or error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "", "text", "json":
+	default:
+		bad("log.format", "%q: want text or json", c.Log.Format)
+	}
+
+	c.byName = make(map[string]*Domain)
+	for i, d := range c.Domains {
+		key := fmt.Sprintf("domain[%d]", i)
+		name, err := NormalizeDomain(d.Name)
+		if err != nil || name == "" {
+			bad(key+".name", "%q is not a domain name", d.Name)
+			continue
+		}
+		d.Name = name
+		if _, dup := c.byName[name]; dup {
+			bad(key+".name", "%q appears twice", name)
+		}
+		c.byName[name] = d
+		for _, p := range d.Primary {
+			if _, _, err := net.SplitHostPort(p); err != nil {
+				bad(key+".primary", "%q is not host:port", p)
+			}
+		}
+		defDur(&d.Retention, c.Queue.Retention.D())
+	}
+	return errors.Join(errs...)
+}
+
+// Domain returns the configuration of a customer domain (already normalised), or nil.
+func (c *Config) Domain(name string) *Domain { return c.byName[name] }
+
+// NormalizeDomain lower-cases a domain, drops one trailing dot and converts
+// U-labels to A-labels, so that every spelling of a domain compares equal.
+func NormalizeDomain(s string) (string, error) {
+	s = strings.TrimSuffix(strings.TrimSpace(s), ".")
+	a, err := idna.Lookup.ToASCII(s)
+	if err != nil {
+		return "", err
+	}
+	return strings.ToLower(a), nil
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+func defInt(v *int, d int) {
+	if *v == 0 {
+		*v = d
+	}
+}
+
+func def64(v *int64, d int64) {
+	if *v == 0 {
+		*v = d
+	}
+}
+
+func defDur(v *Duration, d time.Duration) {
+	if *v == 0 {
+		*v = Duration(d)
+	}
+}
