@@ -51,7 +51,6 @@ type Envelope struct {
 	Ret      string    `json:"ret,omitempty"`    // RFC 3461 RET: "FULL" or "HDRS"
 	EnvID    string    `json:"envid,omitempty"`  // RFC 3461 ENVID
 	Notice   bool      `json:"notice,omitempty"` // a DSN we generated: routed to the sender's side
-	Expires  time.Time `json:"expires"`          // give up (and DSN) after this
 	// Recipients grouped by destination domain (lower-case A-label). Each key
 	// becomes one Delivery.
 	Domains map[string][]Recipient `json:"domains,omitempty"`
