@@ -287,7 +287,7 @@ func TestListItemFieldsAndFilter(t *testing.T) {
 
 func TestListBadRequests(t *testing.T) {
 	fx := newFixture(t, "")
-	for _, q := range []string{"limit=0", "limit=x", "limit=-3", "domain=bad%20domain!"} {
+	for _, q := range []string{"limit=0", "limit=x", "limit=-3", "domain=bad%20domain!", "after=nospace"} {
 		resp, err := http.Get(fx.srv.URL + "/v1/queue?" + q)
 		if err != nil {
 			t.Fatal(err)

@@ -154,8 +154,12 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 	// Read one more than asked to know whether a next page exists. An engine
 	// may cap Page.Limit, so keep reading until we have that many or a page
 	// comes back empty.
-	var got []store.Delivery
 	after := r.FormValue("after")
+	if after != "" && !strings.Contains(after, " ") {
+		writeError(w, http.StatusBadRequest, "after: not a cursor from a previous page")
+		return
+	}
+	var got []store.Delivery
 	for len(got) <= limit {
 		page, err := s.Store.List(r.Context(), f, store.Page{After: after, Limit: limit + 1 - len(got)})
 		if err != nil {
