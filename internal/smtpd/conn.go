@@ -1,0 +1,401 @@
+package smtpd
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Read modes: what the next client bytes are.
+const (
+	modeCommand = iota // command lines
+	modeData           // a DATA body, up to and including CRLF.CRLF
+	modeChunk          // a BDAT chunk: a byte count
+	modeRaw            // after STARTTLS or an over-long line: passed untouched
+)
+
+// States of the end-of-data scanner; the same machine as go-smtp's dataReader,
+// so both agree on where a body ends.
+const (
+	dataBeginLine = iota
+	dataDot
+	dataDotCR
+	dataCR
+	dataText
+)
+
+// maxCommandLine is how much of an unfinished command line conn holds back
+// looking for its end; beyond it the bytes go to go-smtp, whose own limit
+// (2000) is lower, so it refuses the line and hangs up.
+const maxCommandLine = 4096
+
+// conn sits between go-smtp and the client socket. It reads ahead of go-smtp
+// and hands it client bytes in measured batches, which gives it two jobs:
+//
+//   - Timeouts (RFC 5321 §4.5.3.2): every socket read gets a fresh deadline,
+//     CommandTimeout while waiting for a command, DataTimeout (an idle timeout)
+//     inside a DATA body or BDAT chunk.
+//   - Commands go-smtp has no hook for (ETRN, source-routed RCPT): conn answers
+//     them itself and never passes them on.
+//
+// Reply order under PIPELINING (RFC 2920) rests on one fact: conn hands
+// go-smtp whole command lines only, and go-smtp answers each command before it
+// reads the next line. So when go-smtp calls Read for more bytes, every command
+// handed over before has been answered, and a command conn answers itself
+// may be answered then, in order. That is why a batch stops before such a
+// command, and why it stops after DATA and STARTTLS: the next bytes are a body
+// or a handshake only if go-smtp's reply (354, 220), seen through Write, says so.
+type conn struct {
+	net.Conn
+	s  *Server
+	ip netip.Addr
+
+	// Read side: used only from go-smtp's goroutine for this connection.
+	base  []byte // backing array for buf
+	buf   []byte // client bytes not yet handed to go-smtp
+	fwd   int    // bytes at the head of buf cleared for go-smtp
+	mode  int
+	chunk int64  // modeChunk: bytes left
+	data  int    // modeData: scanner state
+	await string // "DATA" or "STARTTLS" handed over; its reply decides the mode
+	rerr  error  // sticky socket read error
+
+	esmtp atomic.Bool // the last greeting was EHLO
+	raw   atomic.Bool // stop watching replies (TLS ciphertext)
+
+	wmu      sync.Mutex
+	wline    []byte // an unfinished reply line
+	lastCode int    // code of the last final reply line written
+
+	nameOnce sync.Once
+	nameDone chan struct{}
+	name     string // forward-confirmed reverse DNS name, or ""
+
+	closeOnce sync.Once
+}
+
+func newConn(nc net.Conn, s *Server) *conn {
+	base := make([]byte, 2*maxCommandLine)
+	return &conn{Conn: nc, s: s, ip: remoteIP(nc.RemoteAddr()), base: base, buf: base[:0]}
+}
+
+// Read hands go-smtp the next measured batch of client bytes.
+func (c *conn) Read(p []byte) (int, error) {
+	for c.fwd == 0 {
+		if err := c.plan(); err != nil {
+			return 0, err
+		}
+	}
+	n := copy(p, c.buf[:c.fwd])
+	c.buf = c.buf[n:]
+	c.fwd -= n
+	return n, nil
+}
+
+// plan reads from the socket as needed and clears the next batch (sets fwd),
+// or changes mode; the caller loops until fwd > 0.
+func (c *conn) plan() error {
+	switch c.mode {
+	case modeRaw:
+		if len(c.buf) == 0 {
+			if err := c.fill(max(c.s.Config.SMTP.CommandTimeout.D(), c.s.Config.SMTP.DataTimeout.D())); err != nil {
+				return err
+			}
+		}
+		c.fwd = len(c.buf)
+	case modeChunk:
+		if c.chunk == 0 {
+			c.mode = modeCommand
+			return nil
+		}
+		if len(c.buf) == 0 {
+			if err := c.fill(c.s.Config.SMTP.DataTimeout.D()); err != nil {
+				return err
+			}
+		}
+		n := min(int64(len(c.buf)), c.chunk)
+		c.fwd, c.chunk = int(n), c.chunk-n
+	case modeData:
+		if len(c.buf) == 0 {
+			if err := c.fill(c.s.Config.SMTP.DataTimeout.D()); err != nil {
+				return err
+			}
+		}
+		n, end := c.scanData()
+		c.fwd = n
+		if end {
+			c.mode = modeCommand
+		}
+	default:
+		return c.planCommands()
+	}
+	return nil
+}
+
+func (c *conn) planCommands() error {
+	if c.await != "" {
+		c.wmu.Lock()
+		code := c.lastCode
+		c.wmu.Unlock()
+		switch {
+		case c.await == "DATA" && code == 354:
+			c.mode, c.data = modeData, dataBeginLine
+		case c.await == "STARTTLS" && code == 220:
+			c.mode = modeRaw
+			c.raw.Store(true)
+		}
+		c.await = ""
+		return nil
+	}
+	// Everything handed over has been answered (see the type doc): answer
+	// our own commands at the head of the buffer now.
+	for {
+		i := bytes.IndexByte(c.buf, '\n')
+		if i < 0 {
+			if len(c.buf) > maxCommandLine {
+				c.mode = modeRaw
+				return nil
+			}
+			return c.fill(c.s.Config.SMTP.CommandTimeout.D())
+		}
+		cmd, arg := parseCmd(c.buf[:i+1])
+		if !c.ours(cmd, arg) {
+			break
+		}
+		c.buf = c.buf[i+1:]
+		c.reply(c.s.answer(c.ip, cmd, arg))
+	}
+	// Hand over this line and the ones after it, up to one of ours or a
+	// command after which the client may stop sending commands.
+	off := 0
+	for {
+		i := bytes.IndexByte(c.buf[off:], '\n')
+		if i < 0 {
+			break
+		}
+		cmd, arg := parseCmd(c.buf[off : off+i+1])
+		if off > 0 && c.ours(cmd, arg) {
+			break
+		}
+		off += i + 1
+		switch cmd {
+		case "EHLO":
+			c.esmtp.Store(true)
+		case "HELO":
+			c.esmtp.Store(false)
+		case "DATA", "STARTTLS":
+			c.await = cmd
+			c.fwd = off
+			return nil
+		case "BDAT":
+			if n, ok := chunkSize(arg); ok {
+				c.mode, c.chunk = modeChunk, n
+				c.fwd = off
+				return nil
+			}
+		}
+	}
+	c.fwd = off
+	return nil
+}
+
+// ours reports the commands conn answers instead of go-smtp.
+func (c *conn) ours(cmd, arg string) bool {
+	return cmd == "ETRN" || cmd == "RCPT" && sourceRouted(arg)
+}
+
+// scanData finds the end of a DATA body in buf: the bytes up to and including
+// the terminating ".CRLF", or all of buf if the end is not there yet.
+func (c *conn) scanData() (n int, end bool) {
+	for i, b := range c.buf {
+		switch c.data {
+		case dataBeginLine:
+			switch b {
+			case '.':
+				c.data = dataDot
+			case '\r':
+				c.data = dataCR
+			default:
+				c.data = dataText
+			}
+		case dataDot:
+			c.data = dataText
+			if b == '\r' {
+				c.data = dataDotCR
+			}
+		case dataDotCR:
+			if b == '\n' {
+				return i + 1, true
+			}
+			c.data = dataText
+		case dataCR:
+			c.data = dataText
+			if b == '\n' {
+				c.data = dataBeginLine
+			}
+		case dataText:
+			if b == '\r' {
+				c.data = dataCR
+			}
+		}
+	}
+	return len(c.buf), false
+}
+
+// fill reads once from the socket, with a fresh deadline of d.
+func (c *conn) fill(d time.Duration) error {
+	if c.rerr != nil {
+		return c.rerr
+	}
+	if len(c.buf) == 0 {
+		c.buf = c.base[:0]
+	} else if cap(c.buf)-len(c.buf) < maxCommandLine {
+		c.buf = c.base[:copy(c.base, c.buf)]
+	}
+	if d > 0 {
+		c.Conn.SetReadDeadline(time.Now().Add(d))
+	}
+	n, err := c.Conn.Read(c.buf[len(c.buf):cap(c.buf)])
+	c.buf = c.buf[:len(c.buf)+n]
+	if err != nil {
+		c.rerr = err
+		if n == 0 {
+			return err
+		}
+	}
+	return nil
+}
+
+// reply writes a reply of our own.
+func (c *conn) reply(line string) {
+	c.Conn.SetWriteDeadline(time.Now().Add(c.s.Config.SMTP.CommandTimeout.D()))
+	c.Write([]byte(line + "\r\n"))
+}
+
+// Write passes go-smtp's replies on, noting the code of each final reply line.
+func (c *conn) Write(p []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if !c.raw.Load() {
+		c.observe(p)
+	}
+	return c.Conn.Write(p)
+}
+
+func (c *conn) observe(p []byte) {
+	for len(p) > 0 {
+		i := bytes.IndexByte(p, '\n')
+		if i < 0 {
+			if len(c.wline) < 512 {
+				c.wline = append(c.wline, p...)
+			}
+			return
+		}
+		line := append(c.wline, p[:i]...)
+		p = p[i+1:]
+		c.wline = c.wline[:0]
+		// "250 text" or "250" ends a reply; "250-text" continues it.
+		if len(line) >= 3 && (len(line) == 3 || line[3] == ' ' || line[3] == '\r') {
+			if code, err := strconv.Atoi(string(line[:3])); err == nil {
+				c.lastCode = code
+			}
+		}
+	}
+}
+
+// Close closes the socket once and forgets the connection.
+func (c *conn) Close() error {
+	err := net.ErrClosed
+	c.closeOnce.Do(func() {
+		err = c.Conn.Close()
+		c.s.untrack(c)
+	})
+	return err
+}
+
+// clientName returns the client's forward-confirmed reverse DNS name, looked
+// up once per connection (started by the first call, see startLookup).
+func (c *conn) clientName() string {
+	c.startLookup()
+	<-c.nameDone
+	return c.name
+}
+
+func (c *conn) startLookup() {
+	c.nameOnce.Do(func() {
+		c.nameDone = make(chan struct{})
+		go func() {
+			defer close(c.nameDone)
+			c.name = c.s.verifiedName(c.ip)
+		}()
+	})
+}
+
+// parseCmd splits a command line the way go-smtp does (conn must agree with it
+// on what each line is).
+func parseCmd(line []byte) (cmd, arg string) {
+	s := strings.TrimRight(string(line), "\r\n")
+	switch {
+	case len(s) >= 8 && strings.EqualFold(s[:8], "STARTTLS"):
+		return "STARTTLS", ""
+	case len(s) == 4:
+		return strings.ToUpper(s), ""
+	case len(s) > 5 && s[4] == ' ':
+		return strings.ToUpper(s[:4]), strings.TrimSpace(s[5:])
+	}
+	return "", ""
+}
+
+// chunkSize parses BDAT's arguments as go-smtp does: ok means go-smtp will
+// read n bytes of chunk after the line, whatever it answers.
+func chunkSize(arg string) (n int64, ok bool) {
+	f := strings.Fields(arg)
+	if len(f) == 0 || len(f) > 2 || len(f) == 2 && !strings.EqualFold(f[1], "LAST") {
+		return 0, false
+	}
+	u, err := strconv.ParseUint(f[0], 10, 32)
+	if err != nil {
+		return 0, false
+	}
+	return int64(u), true
+}
+
+// sourceRouted reports a RCPT argument "TO:<@relay:user@domain>" (RFC 5321
+// §4.1.2 A-d-l). go-smtp drops the route silently, so conn refuses these.
+func sourceRouted(arg string) bool {
+	if len(arg) < 3 || !strings.EqualFold(arg[:3], "TO:") {
+		return false
+	}
+	path := strings.TrimPrefix(strings.TrimSpace(arg[3:]), "<")
+	return strings.HasPrefix(path, "@")
+}
+
+func remoteIP(a net.Addr) netip.Addr {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		ip, _ := netip.AddrFromSlice(ta.IP)
+		return ip.Unmap()
+	}
+	if a != nil {
+		if ap, err := netip.ParseAddrPort(a.String()); err == nil {
+			return ap.Addr().Unmap()
+		}
+	}
+	return netip.Addr{}
+}
+
+// addrLiteral writes ip as an RFC 5321 §4.1.3 address literal.
+func addrLiteral(ip netip.Addr) string {
+	switch {
+	case !ip.IsValid():
+		return "[unknown]"
+	case ip.Is4():
+		return "[" + ip.String() + "]"
+	}
+	return fmt.Sprintf("[IPv6:%s]", ip.WithZone("").String())
+}

@@ -1,0 +1,252 @@
+// Package smtpd is the inbound SMTP door: it accepts mail for the configured
+// customer domains only and hands each message to the durable queue.
+//
+// Invariants:
+//   - No 250 before durable: the reply to DATA (or BDAT LAST) is 250 only after
+//     store.Enqueue returned nil, i.e. after the message is fsynced/committed.
+//   - Local faults are 4xx, never 5xx: a store error, a timeout or anything
+//     else that is our problem answers 4xx so the sender keeps the mail. 5xx is
+//     kept for what the sender must not retry: relaying (550 5.7.1), size
+//     (552 5.3.4) and syntax.
+//   - A message is never held whole in memory: the body streams from the
+//     socket through store.Enqueue, after our Received header.
+//
+// The protocol engine is github.com/emersion/go-smtp. What it lacks lives in a
+// net.Conn wrapper (conn.go) that every accepted connection goes through:
+// idle deadlines per read (RFC 5321 §4.5.3.2) and the commands we answer
+// ourselves (ETRN, source-routed RCPT). ETRN is answered but not advertised in
+// the EHLO reply, because go-smtp builds that list itself.
+package smtpd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"backupmx/internal/config"
+	"backupmx/internal/store"
+)
+
+// Resolver is the DNS the door needs: reverse names for Received (forward
+// confirmed), and the primaries' addresses to authorise ETRN. *net.Resolver
+// implements it.
+type Resolver interface {
+	LookupAddr(ctx context.Context, addr string) ([]string, error)
+	LookupHost(ctx context.Context, host string) ([]string, error)
+	LookupMX(ctx context.Context, name string) ([]*net.MX, error)
+}
+
+// lookupTimeout bounds the DNS work done for one connection or one ETRN.
+const lookupTimeout = 10 * time.Second
+
+// Server is the inbound SMTP service. Set the fields, then call Serve or
+// ListenAndServe; the fields must not change afterwards.
+type Server struct {
+	Config   *config.Config
+	Store    store.Store
+	Log      *slog.Logger     // nil: discard
+	Now      func() time.Time // nil: time.Now
+	Resolver Resolver         // nil: net.DefaultResolver
+	// Queued is called with the message's domains once it is durable (kicks
+	// the scheduler). Optional.
+	Queued func(domains []string)
+	// ETRN flushes a domain; called for an authorised ETRN (RFC 1985). Optional:
+	// without it ETRN answers 458.
+	ETRN func(domain string) error
+
+	once  sync.Once
+	smtp  *smtp.Server
+	mu    sync.Mutex
+	conns map[*conn]struct{}
+}
+
+func (s *Server) init() {
+	s.once.Do(func() {
+		srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
+		srv.Domain = s.Config.Hostname
+		srv.MaxMessageBytes = s.Config.SMTP.MaxMessageSize
+		srv.MaxRecipients = s.Config.SMTP.MaxRecipients
+		srv.EnableSMTPUTF8 = true
+		srv.EnableDSN = true
+		// go-smtp's ReadTimeout would be one deadline for a whole DATA body;
+		// conn sets a fresh idle deadline on every read instead.
+		srv.ReadTimeout = 0
+		srv.WriteTimeout = s.Config.SMTP.CommandTimeout.D()
+		srv.ErrorLog = errorLog{s.log()}
+		s.smtp = srv
+		s.conns = make(map[*conn]struct{})
+	})
+}
+
+// Serve accepts connections on l until Shutdown or Close. It returns nil after
+// a Shutdown or Close, or the listener's error.
+func (s *Server) Serve(l net.Listener) error {
+	s.init()
+	return s.smtp.Serve(&listener{Listener: l, s: s})
+}
+
+// ListenAndServe listens on every Config.SMTP.Listen address and serves them
+// all. A bind failure is returned before anything is served. It returns when
+// the listeners are closed: by Shutdown (graceful: call it first), by Close,
+// or by ctx being cancelled, which closes everything at once.
+func (s *Server) ListenAndServe(ctx context.Context) error {
+	s.init()
+	var ls []net.Listener
+	for _, addr := range s.Config.SMTP.Listen {
+		l, err := (&net.ListenConfig{}).Listen(ctx, "tcp", addr)
+		if err != nil {
+			for _, l := range ls {
+				l.Close()
+			}
+			return fmt.Errorf("smtpd: listen %s: %w", addr, err)
+		}
+		s.log().Info("listening", "addr", l.Addr().String())
+		ls = append(ls, l)
+	}
+	stop := context.AfterFunc(ctx, func() { s.Close() })
+	defer stop()
+	errc := make(chan error, len(ls))
+	for _, l := range ls {
+		go func() { errc <- s.Serve(l) }()
+	}
+	var first error
+	for range ls {
+		if err := <-errc; err != nil && first == nil {
+			first = err
+			s.Close() // one listener failed: stop the others too
+		}
+	}
+	return first
+}
+
+// Shutdown stops accepting and waits for open sessions to end. If ctx expires
+// first, the remaining connections are closed and ctx's error returned.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.init()
+	err := s.smtp.Shutdown(ctx)
+	if ctx.Err() != nil {
+		s.closeConns()
+	}
+	if errors.Is(err, smtp.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// Close stops accepting and closes every connection now. A message whose
+// Enqueue has not returned is not acknowledged; the sender retries.
+func (s *Server) Close() error {
+	s.init()
+	err := s.smtp.Close()
+	s.closeConns() // go-smtp's Close does nothing after a Shutdown
+	if errors.Is(err, smtp.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+func (s *Server) closeConns() {
+	s.mu.Lock()
+	cs := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		cs = append(cs, c)
+	}
+	s.mu.Unlock()
+	for _, c := range cs {
+		c.Close()
+	}
+}
+
+// track registers a new connection; false when Config.SMTP.MaxConnections
+// are already open.
+func (s *Server) track(nc net.Conn) (*conn, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.conns) >= s.Config.SMTP.MaxConnections {
+		return nil, false
+	}
+	c := newConn(nc, s)
+	s.conns[c] = struct{}{}
+	return c, true
+}
+
+func (s *Server) untrack(c *conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+}
+
+// listener wraps every accepted connection in a conn and enforces
+// Config.SMTP.MaxConnections.
+type listener struct {
+	net.Listener
+	s *Server
+}
+
+func (l *listener) Accept() (net.Conn, error) {
+	for {
+		nc, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		c, ok := l.s.track(nc)
+		if !ok {
+			go l.s.refuse(nc)
+			continue
+		}
+		l.s.log().Info("connection", "client", c.ip.String())
+		return c, nil
+	}
+}
+
+// refuse answers a connection over the limit with 421 (RFC 5321 §3.8) and closes it.
+func (s *Server) refuse(nc net.Conn) {
+	defer nc.Close()
+	reply := fmt.Sprintf("421 4.7.0 %s Too many connections, try again later", s.Config.Hostname)
+	s.log().Warn("rejected", "client", remoteIP(nc.RemoteAddr()).String(), "rule", "max_connections", "reply", reply)
+	nc.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(nc, "%s\r\n", reply)
+}
+
+func (s *Server) log() *slog.Logger {
+	if s.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return s.Log
+}
+
+func (s *Server) now() time.Time {
+	if s.Now == nil {
+		return time.Now()
+	}
+	return s.Now()
+}
+
+func (s *Server) resolver() Resolver {
+	if s.Resolver == nil {
+		return net.DefaultResolver
+	}
+	return s.Resolver
+}
+
+// errorLog routes go-smtp's internal messages (mostly connection errors) to
+// the operator's log: panics as errors, the rest at debug level.
+type errorLog struct{ l *slog.Logger }
+
+func (e errorLog) Printf(format string, v ...any) { e.print(fmt.Sprintf(format, v...)) }
+func (e errorLog) Println(v ...any)               { e.print(fmt.Sprint(v...)) }
+
+func (e errorLog) print(msg string) {
+	if strings.HasPrefix(msg, "panic") {
+		e.l.Error("smtp internal error", "error", msg)
+		return
+	}
+	e.l.Debug("smtp connection error", "error", msg)
+}

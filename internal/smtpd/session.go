@@ -1,0 +1,252 @@
+package smtpd
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/emersion/go-smtp"
+
+	"backupmx/internal/config"
+	"backupmx/internal/store"
+)
+
+func reply(code int, enh smtp.EnhancedCode, msg string) *smtp.SMTPError {
+	return &smtp.SMTPError{Code: code, EnhancedCode: enh, Message: msg}
+}
+
+func replyText(e *smtp.SMTPError) string {
+	return fmt.Sprintf("%d %d.%d.%d %s", e.Code, e.EnhancedCode[0], e.EnhancedCode[1], e.EnhancedCode[2], e.Message)
+}
+
+// session is one client's dialogue as go-smtp reports it.
+type session struct {
+	s  *Server
+	sc *smtp.Conn
+	c  *conn
+
+	// Data runs on go-smtp's BDAT goroutine while Reset may run on the
+	// connection's goroutine.
+	mu  sync.Mutex
+	env *store.Envelope // the open transaction, nil outside one
+}
+
+func (s *Server) newSession(sc *smtp.Conn) (smtp.Session, error) {
+	nc := sc.Conn()
+	if tc, ok := nc.(*tls.Conn); ok {
+		nc = tc.NetConn()
+	}
+	c, ok := nc.(*conn)
+	if !ok {
+		return nil, reply(421, smtp.EnhancedCode{4, 3, 0}, "Internal error")
+	}
+	c.startLookup() // ready by the time DATA needs it for Received
+	return &session{s: s, sc: sc, c: c}, nil
+}
+
+// Mail opens a transaction and picks its queue id.
+func (x *session) Mail(from string, opts *smtp.MailOptions) error {
+	proto := "SMTP"
+	if x.c.esmtp.Load() {
+		proto = "ESMTP"
+	}
+	if _, ok := x.sc.TLSConnectionState(); ok {
+		proto = "ESMTPS" // RFC 3848
+	}
+	env := &store.Envelope{
+		ID:     store.NewID(x.s.now()),
+		Sender: from,
+		Client: store.Client{
+			Addr:  x.c.ip.String(),
+			HELO:  x.sc.Hostname(),
+			Proto: proto,
+		},
+		Domains: make(map[string][]store.Recipient),
+	}
+	if opts != nil {
+		env.Body = string(opts.Body)
+		env.UTF8 = opts.UTF8
+		env.Ret = string(opts.Return)
+		env.EnvID = opts.EnvelopeID
+	}
+	x.mu.Lock()
+	x.env = env
+	x.mu.Unlock()
+	return nil
+}
+
+// Rcpt accepts a recipient of a domain we serve and nothing else.
+func (x *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+	x.mu.Lock()
+	env := x.env
+	x.mu.Unlock()
+	if env == nil {
+		return reply(503, smtp.EnhancedCode{5, 5, 1}, "MAIL first")
+	}
+	addr, domain, rule, err := x.s.recipient(to)
+	if err != nil {
+		x.s.log().Info("rejected", "id", env.ID, "client", env.Client.Addr, "rule", rule,
+			"sender", env.Sender, "rcpt", to, "reply", replyText(err))
+		return err
+	}
+	r := store.Recipient{Addr: addr}
+	if opts != nil {
+		notify := make([]string, len(opts.Notify))
+		for i, n := range opts.Notify {
+			notify[i] = string(n)
+		}
+		r.Notify = strings.Join(notify, ",")
+		if opts.OriginalRecipient != "" {
+			r.ORcpt = strings.ToLower(string(opts.OriginalRecipientType)) + ";" + opts.OriginalRecipient
+		}
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if !slices.ContainsFunc(env.Domains[domain], func(o store.Recipient) bool { return o.Addr == addr }) {
+		env.Domains[domain] = append(env.Domains[domain], r)
+	}
+	return nil
+}
+
+// recipient applies the relay rules to a RCPT address: it returns the
+// normalised address and its domain, or the refusal and the rule's name.
+func (s *Server) recipient(to string) (addr, domain, rule string, err *smtp.SMTPError) {
+	local, domain, rule := parseRecipient(to)
+	switch {
+	case rule == "syntax":
+		return "", "", rule, reply(501, smtp.EnhancedCode{5, 1, 3}, "Bad recipient address syntax")
+	case rule != "":
+		return "", "", rule, reply(550, smtp.EnhancedCode{5, 7, 1}, "<"+to+">: relaying denied")
+	case s.Config.Domain(domain) == nil:
+		return "", "", "relay", reply(550, smtp.EnhancedCode{5, 7, 1}, "<"+to+">: relaying denied")
+	}
+	return local + "@" + domain, domain, "", nil
+}
+
+// parseRecipient splits an address as go-smtp parsed it from RCPT TO (source
+// route already dropped, quotes already removed) into a local part, quoted
+// again where needed, and a normalised domain. It refuses the forms that ask a
+// server to relay: "%" and "!" routing and "@" in the local part, and address
+// literals. rule names the refusal ("" when accepted).
+func parseRecipient(to string) (local, domain, rule string) {
+	i := strings.LastIndexByte(to, '@')
+	if i <= 0 || i == len(to)-1 {
+		return "", "", "syntax"
+	}
+	local, domain = to[:i], to[i+1:]
+	switch {
+	case strings.ContainsAny(local, "%!@"):
+		return "", "", "relay_local_part"
+	case strings.HasPrefix(domain, "["):
+		return "", "", "address_literal"
+	}
+	domain, err := config.NormalizeDomain(domain)
+	if err != nil || domain == "" {
+		return "", "", "bad_domain"
+	}
+	return quoteLocal(local), domain, ""
+}
+
+// quoteLocal writes a local part as a Dot-string if it is one, else as a
+// Quoted-string (RFC 5321 §4.1.2).
+func quoteLocal(s string) string {
+	dotAtom := s != "" && !strings.HasPrefix(s, ".") && !strings.HasSuffix(s, ".") && !strings.Contains(s, "..")
+	for _, r := range s {
+		if r <= ' ' || r == 0x7f || strings.ContainsRune(`"(),:;<>@[\]`, r) {
+			dotAtom = false
+		}
+	}
+	if dotAtom {
+		return s
+	}
+	r := strings.NewReplacer(`\`, `\\`, `"`, `\"`)
+	return `"` + r.Replace(s) + `"`
+}
+
+// Data streams the body, after our Received header, into the store and
+// answers 250 only once Enqueue has returned nil.
+func (x *session) Data(r io.Reader) error {
+	x.mu.Lock()
+	env := x.env
+	x.mu.Unlock()
+	if env == nil {
+		return reply(503, smtp.EnhancedCode{5, 5, 1}, "MAIL first")
+	}
+	env.Received = x.s.now()
+	env.Client.Name = x.c.clientName()
+	var ts *tls.ConnectionState
+	if st, ok := x.sc.TLSConnectionState(); ok {
+		ts = &st
+	}
+	hdr := x.s.receivedHeader(env, ts)
+	body := &bodyReader{r: r}
+	size, err := x.s.Store.Enqueue(context.Background(), env, io.MultiReader(strings.NewReader(hdr), body))
+	log := x.s.log().With("id", env.ID, "client", env.Client.Addr)
+	if body.err != nil {
+		rule, e := bodyError(body.err, x.s.Config.SMTP.MaxMessageSize)
+		log.Info("rejected", "rule", rule, "sender", env.Sender, "error", body.err, "reply", replyText(e))
+		return e
+	}
+	if err != nil {
+		e := reply(451, smtp.EnhancedCode{4, 3, 0}, "Local error, message not queued; try again later")
+		log.Error("store failed", "sender", env.Sender, "error", err, "reply", replyText(e))
+		return e
+	}
+	domains := make([]string, 0, len(env.Domains))
+	n := 0
+	for d, rs := range env.Domains {
+		domains = append(domains, d)
+		n += len(rs)
+	}
+	slices.Sort(domains)
+	log.Info("queued", "sender", env.Sender, "recipients", n, "size", size, "domains", domains)
+	if x.s.Queued != nil {
+		x.s.Queued(domains)
+	}
+	// go-smtp writes an *SMTPError returned by Data as the reply, 250 included.
+	return reply(250, smtp.EnhancedCode{2, 0, 0}, "Ok: queued as "+env.ID)
+}
+
+// bodyError maps a failure reading the client's body to the reply and the
+// rule for the log. Only "too big" is the sender's fault (5xx).
+func bodyError(err error, max int64) (string, *smtp.SMTPError) {
+	var ne net.Error
+	switch {
+	case errors.Is(err, smtp.ErrDataTooLarge):
+		return "size", reply(552, smtp.EnhancedCode{5, 3, 4}, fmt.Sprintf("Message too big: the limit is %d bytes", max))
+	case errors.As(err, &ne) && ne.Timeout():
+		return "timeout", reply(421, smtp.EnhancedCode{4, 4, 2}, "Timeout waiting for data, closing connection")
+	case errors.Is(err, smtp.ErrDataReset):
+		return "aborted", reply(451, smtp.EnhancedCode{4, 3, 0}, "Message transfer aborted")
+	}
+	return "connection", reply(451, smtp.EnhancedCode{4, 4, 2}, "Connection error while receiving data")
+}
+
+// bodyReader remembers the first error reading the client's body, so that a
+// client's fault is told apart from the store's whatever the store returns.
+type bodyReader struct {
+	r   io.Reader
+	err error
+}
+
+func (b *bodyReader) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if err != nil && err != io.EOF && b.err == nil {
+		b.err = err
+	}
+	return n, err
+}
+
+func (x *session) Reset() {
+	x.mu.Lock()
+	x.env = nil
+	x.mu.Unlock()
+}
+
+func (x *session) Logout() error { return nil }
