@@ -1,0 +1,333 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+
+	"backupmx/internal/store"
+)
+
+// session is one connection that carries many messages. It is not safe for
+// concurrent use.
+type session struct {
+	c      *Client
+	sc     *smtpConn
+	host   string
+	to     Timeouts
+	broken bool // an error ended the dialogue: only Close is left
+	closed bool
+}
+
+func (s *session) Host() string { return s.host }
+func (s *session) TLS() string  { return s.sc.tls }
+
+// Close says QUIT (unless the dialogue is broken) and closes the connection.
+func (s *session) Close() error {
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	if !s.broken {
+		s.sc.cmd(context.Background(), min(s.to.Command, quitTimeout), "QUIT")
+	}
+	return s.sc.raw.Close()
+}
+
+// errUnusable is returned by Send on a session that already failed.
+var errUnusable = errors.New("session already failed or closed")
+
+// Send runs one transaction: MAIL, one RCPT per recipient, DATA. Replies map
+// to outcomes per recipient: 2xx accepted (after the final reply), 5xx
+// rejected, anything else deferred. A failed transaction is followed by RSET
+// so that the session can carry the next message. An I/O error, a timeout or
+// a 421 (RFC 5321 §3.8) ends the session: Send then returns an error, and the
+// recipients with no outcome yet are listed as deferred.
+func (s *session) Send(ctx context.Context, d *store.Delivery, body io.Reader) (res Result, err error) {
+	if s.broken || s.closed {
+		return deferRest(Result{}, d, localReply(421, "4.4.2", errUnusable.Error())), errUnusable
+	}
+	stop := context.AfterFunc(ctx, func() { s.sc.raw.Close() })
+	defer stop()
+	var last Reply // the reply that ended the session, if one did
+	defer func() {
+		if err == nil {
+			return
+		}
+		s.broken = true
+		if last.Code == 0 {
+			last = localReply(451, "4.4.2", "connection to "+s.host+" failed: "+err.Error())
+		}
+		res = deferRest(res, d, last)
+		err = asError(ctx, s.host, err)
+	}()
+	env := &d.Envelope
+	sc := s.sc
+
+	// Checks of our own before a word is sent.
+	if env.UTF8 && !sc.has("SMTPUTF8") {
+		// RFC 6531 §3.4: we can't downgrade, so the message can't go this way.
+		return allOf(d, localReply(554, "5.6.7", s.host+" does not support SMTPUTF8")), nil
+	}
+	if strings.EqualFold(env.Body, "8BITMIME") && !sc.has("8BITMIME") {
+		// RFC 6152 §3 would allow converting to 7 bit; we don't (yet), and
+		// wait for a primary that takes 8-bit data.
+		return allOf(d, localReply(450, "4.6.3", s.host+" does not support 8BITMIME")), nil
+	}
+	if !validPath(env.Sender) {
+		return allOf(d, localReply(553, "5.1.7", "bad sender address")), nil
+	}
+
+	r, err := sc.cmd(ctx, s.to.Mail, "MAIL FROM:<"+env.Sender+">"+s.mailParams(d))
+	if err != nil {
+		return res, err
+	}
+	if r.Code == 421 {
+		last = r
+		return res, &replyError{"MAIL", r}
+	}
+	if r.Code/100 != 2 {
+		return s.reset(ctx, allOf(d, r))
+	}
+
+	var accepted []string
+	for _, rc := range d.Recipients {
+		if !validPath(rc.Addr) {
+			res.Rejected = append(res.Rejected, RcptStatus{rc.Addr, localReply(553, "5.1.3", "bad recipient address")})
+			continue
+		}
+		r, err := sc.cmd(ctx, s.to.Rcpt, "RCPT TO:<"+rc.Addr+">"+s.rcptParams(rc))
+		if err != nil {
+			return res, err
+		}
+		switch {
+		case r.Code == 421:
+			last = r
+			return res, &replyError{"RCPT", r}
+		case r.Code/100 == 2:
+			accepted = append(accepted, rc.Addr)
+		case r.Code/100 == 5:
+			res.Rejected = append(res.Rejected, RcptStatus{rc.Addr, r})
+		default:
+			res.Deferred = append(res.Deferred, RcptStatus{rc.Addr, r})
+		}
+	}
+	if len(accepted) == 0 {
+		return s.reset(ctx, res)
+	}
+
+	r, err = sc.cmd(ctx, s.to.DataInit, "DATA")
+	if err != nil {
+		return res, err
+	}
+	if r.Code == 421 {
+		last = r
+		return res, &replyError{"DATA", r}
+	}
+	if r.Code != 354 {
+		return s.reset(ctx, addAll(res, accepted, r))
+	}
+	if err := s.writeBody(ctx, body); err != nil {
+		return res, err
+	}
+	r, err = sc.readReply(ctx, s.to.DataEnd, "reply to end of data")
+	if err != nil {
+		return res, err
+	}
+	switch {
+	case r.Code == 421:
+		last = r
+		return res, &replyError{"end of data", r}
+	case r.Code/100 == 2:
+		res.Accepted = accepted
+		return res, nil
+	default:
+		return s.reset(ctx, addAll(res, accepted, r))
+	}
+}
+
+// writeBody copies the message block by block, each write under its own
+// DataBlock deadline, then the final dot.
+func (s *session) writeBody(ctx context.Context, body io.Reader) error {
+	dw := s.sc.dotWriter()
+	buf := make([]byte, 32<<10)
+	for {
+		n, rerr := body.Read(buf)
+		if n > 0 {
+			s.sc.raw.SetDeadline(deadline(ctx, s.to.DataBlock))
+			if _, err := dw.Write(buf[:n]); err != nil {
+				return fmt.Errorf("sending message: %w", err)
+			}
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			// Our side failed (the store): the message is cut short, so the
+			// server must not take it. Closing the connection before the
+			// final dot aborts the transaction (RFC 5321 §3.8).
+			return fmt.Errorf("reading message from the queue: %w", rerr)
+		}
+	}
+	s.sc.raw.SetDeadline(deadline(ctx, s.to.DataBlock))
+	if err := dw.Close(); err != nil {
+		return fmt.Errorf("sending message: %w", err)
+	}
+	return nil
+}
+
+// reset ends a failed transaction with RSET so the session can go on.
+func (s *session) reset(ctx context.Context, res Result) (Result, error) {
+	r, err := s.sc.cmd(ctx, s.to.Command, "RSET")
+	if err != nil {
+		return res, err
+	}
+	if r.Code/100 != 2 {
+		return res, &replyError{"RSET", r}
+	}
+	return res, nil
+}
+
+func (s *session) mailParams(d *store.Delivery) string {
+	var b strings.Builder
+	env := &d.Envelope
+	sc := s.sc
+	if sc.has("SIZE") && d.Size > 0 {
+		b.WriteString(" SIZE=" + strconv.FormatInt(d.Size, 10)) // RFC 1870
+	}
+	if sc.has("8BITMIME") {
+		switch strings.ToUpper(env.Body) {
+		case "8BITMIME", "7BIT":
+			b.WriteString(" BODY=" + strings.ToUpper(env.Body)) // RFC 6152
+		}
+	}
+	if env.UTF8 {
+		b.WriteString(" SMTPUTF8") // RFC 6531 §3.4
+	}
+	if sc.has("DSN") { // RFC 3461 §4.3, §4.4
+		switch ret := strings.ToUpper(env.Ret); ret {
+		case "FULL", "HDRS":
+			b.WriteString(" RET=" + ret)
+		}
+		if env.EnvID != "" && printable(env.EnvID) {
+			b.WriteString(" ENVID=" + xtext(env.EnvID))
+		}
+	}
+	return b.String()
+}
+
+func (s *session) rcptParams(r store.Recipient) string {
+	if !s.sc.has("DSN") {
+		return ""
+	}
+	var b strings.Builder
+	if n := notifyParam(r.Notify); n != "" {
+		b.WriteString(" NOTIFY=" + n) // RFC 3461 §4.1
+	}
+	// RFC 3461 §4.2: ORCPT=addr-type;xtext. Ours is stored decoded.
+	if typ, addr, ok := strings.Cut(r.ORcpt, ";"); ok {
+		typ, addr = strings.TrimSpace(typ), strings.TrimSpace(addr)
+		if typ != "" && addr != "" && printable(typ) && printable(addr) && !strings.ContainsAny(typ, "+=") {
+			b.WriteString(" ORCPT=" + typ + ";" + xtext(addr))
+		}
+	}
+	return b.String()
+}
+
+// notifyParam returns a well-formed NOTIFY value or "".
+func notifyParam(n string) string {
+	n = strings.ToUpper(strings.ReplaceAll(n, " ", ""))
+	if n == "" || n == "NEVER" {
+		return n
+	}
+	for _, v := range strings.Split(n, ",") {
+		switch v {
+		case "SUCCESS", "FAILURE", "DELAY":
+		default:
+			return ""
+		}
+	}
+	return n
+}
+
+// xtext encodes s as RFC 3461 §4 xtext.
+func xtext(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= '!' && c <= '~' && c != '+' && c != '=' {
+			b.WriteByte(c)
+		} else {
+			fmt.Fprintf(&b, "+%02X", c)
+		}
+	}
+	return b.String()
+}
+
+func printable(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < ' ' || s[i] > '~' {
+			return false
+		}
+	}
+	return true
+}
+
+// validPath refuses what would break the command line: controls, angle
+// brackets and spaces.
+func validPath(s string) bool {
+	for _, c := range s {
+		if c < ' ' || c == 0x7f || c == '<' || c == '>' || c == ' ' {
+			return false
+		}
+	}
+	return true
+}
+
+// localReply is a reply we made up, marked so in its text.
+func localReply(code int, enhanced, text string) Reply {
+	return Reply{Code: code, Enhanced: enhanced, Text: text + " (backupmx)"}
+}
+
+// allOf gives every recipient of d the same reply.
+func allOf(d *store.Delivery, r Reply) Result {
+	var addrs []string
+	for _, rc := range d.Recipients {
+		addrs = append(addrs, rc.Addr)
+	}
+	return addAll(Result{}, addrs, r)
+}
+
+// addAll files addrs as rejected (5xx) or deferred (anything else).
+func addAll(res Result, addrs []string, r Reply) Result {
+	for _, a := range addrs {
+		if r.Permanent() {
+			res.Rejected = append(res.Rejected, RcptStatus{a, r})
+		} else {
+			res.Deferred = append(res.Deferred, RcptStatus{a, r})
+		}
+	}
+	return res
+}
+
+// deferRest files every recipient of d with no outcome yet as deferred.
+func deferRest(res Result, d *store.Delivery, r Reply) Result {
+	seen := make(map[string]bool)
+	for _, a := range res.Accepted {
+		seen[a] = true
+	}
+	for _, l := range [][]RcptStatus{res.Rejected, res.Deferred} {
+		for _, st := range l {
+			seen[st.Addr] = true
+		}
+	}
+	for _, rc := range d.Recipients {
+		if !seen[rc.Addr] {
+			res.Deferred = append(res.Deferred, RcptStatus{rc.Addr, r})
+		}
+	}
+	return res
+}
