@@ -1,0 +1,287 @@
+// Package embedded is the default, single-node store engine: message bodies
+// as files, the envelope and schedule index in SQLite.
+//
+// Layout under the store directory:
+//
+//	index.db            SQLite (WAL, synchronous=FULL): messages, deliveries, leases
+//	bodies/<xx>/<id>    one file per message, xx = 2 hex digits of a hash of id
+//	tmp/                bodies being received
+//	lock                flock(2)ed while the store is open
+//
+// Invariant: a messages row exists only while its body file is durable. On
+// Enqueue the body is written to tmp/, fsynced, linked into bodies/ and its
+// directory fsynced before the row is committed; on removal (Delete, or
+// Complete removing the last delivery) the row is committed first and the file
+// removed after. So a crash can leave a body without a row, never a row
+// without a body: at Open a sweep removes everything in tmp/ and every body
+// file that has no row.
+//
+// Writes go through one writer goroutine that commits whatever is pending in
+// one transaction (group commit): concurrent callers share the directory and
+// WAL fsyncs, and each gets its own error. Claim runs in that writer too, so
+// claims are atomic with respect to each other. Reads use a separate
+// read-only connection pool. Leases left from a previous run are released at
+// Open (one node owns the directory); their fencing tokens are kept.
+package embedded
+
+import (
+	"database/sql"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+
+	_ "modernc.org/sqlite" // driver "sqlite"
+
+	"backupmx/internal/store"
+	"backupmx/internal/store/embedded/safefile"
+)
+
+// ErrClosed is returned by operations on a closed Store.
+var ErrClosed = errors.New("embedded: store closed")
+
+// Option configures Open.
+type Option func(*options)
+
+type options struct {
+	logger   *slog.Logger
+	maxBatch int
+}
+
+// WithLogger sets the logger for the sweep and other rare events.
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l } }
+
+// WithMaxBatch caps how many writes one group commit carries (default 512).
+func WithMaxBatch(n int) Option { return func(o *options) { o.maxBatch = n } }
+
+// Store is the embedded engine. It implements store.Store.
+type Store struct {
+	dir    string
+	log    *slog.Logger
+	wdb    *sql.DB // one connection, used only by the writer goroutine
+	rdb    *sql.DB // read-only pool
+	lockFD *os.File
+
+	w *writer
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+var _ store.Store = (*Store)(nil)
+
+const schema = `
+CREATE TABLE IF NOT EXISTS messages (
+	id       TEXT PRIMARY KEY,
+	envelope TEXT NOT NULL,   -- JSON store.Envelope without Domains
+	size     INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS deliveries (
+	id           TEXT NOT NULL,
+	domain       TEXT NOT NULL,
+	recipients   TEXT NOT NULL,  -- JSON []store.Recipient
+	attempts     INTEGER NOT NULL DEFAULT 0,
+	next_attempt INTEGER NOT NULL, -- unix nanoseconds
+	last_error   TEXT NOT NULL DEFAULT '',
+	held         INTEGER NOT NULL DEFAULT 0,
+	PRIMARY KEY (id, domain)
+) WITHOUT ROWID;
+-- Claim, NextDue: due unheld work in time order (covering: the PK is in it).
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (held, next_attempt);
+-- Claim/More within a domain, Waiting, Flush/Hold by domain.
+CREATE INDEX IF NOT EXISTS deliveries_domain ON deliveries (domain, held, next_attempt);
+CREATE TABLE IF NOT EXISTS leases (
+	domain  TEXT PRIMARY KEY,
+	owner   TEXT NOT NULL,    -- '' when released
+	token   INTEGER NOT NULL, -- fencing token, never reset
+	expires INTEGER NOT NULL  -- unix nanoseconds; 0 when released
+) WITHOUT ROWID;
+`
+
+// Open opens (creating if needed) the store in dir, sweeps orphaned body
+// files, and starts the writer.
+func Open(dir string, opts ...Option) (*Store, error) {
+	o := options{logger: slog.New(slog.DiscardHandler), maxBatch: 512}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.maxBatch < 1 {
+		o.maxBatch = 1
+	}
+	s := &Store{dir: dir, log: o.logger}
+	if err := s.open(o); err != nil {
+		s.closeAll()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Store) open(o options) error {
+	for _, d := range []string{s.dir, filepath.Join(s.dir, "tmp"), filepath.Join(s.dir, "bodies")} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return err
+		}
+	}
+	lf, err := os.OpenFile(filepath.Join(s.dir, "lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return err
+	}
+	s.lockFD = lf
+	if err := syscall.Flock(int(lf.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		return fmt.Errorf("embedded: %s is in use by another process: %w", s.dir, err)
+	}
+	for i := range 256 {
+		if err := os.MkdirAll(filepath.Join(s.dir, "bodies", fmt.Sprintf("%02x", i)), 0o700); err != nil {
+			return err
+		}
+	}
+	if err := safefile.SyncDir(filepath.Join(s.dir, "bodies")); err != nil {
+		return err
+	}
+	if err := safefile.SyncDir(s.dir); err != nil {
+		return err
+	}
+
+	path := filepath.Join(s.dir, "index.db")
+	s.wdb, err = sql.Open("sqlite", path+"?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_txlock=immediate")
+	if err != nil {
+		return err
+	}
+	s.wdb.SetMaxOpenConns(1)
+	s.wdb.SetConnMaxIdleTime(0)
+	s.wdb.SetConnMaxLifetime(0)
+	if _, err := s.wdb.Exec(schema); err != nil {
+		return fmt.Errorf("embedded: schema: %w", err)
+	}
+	// A previous run's leases belong to a process that is gone.
+	if _, err := s.wdb.Exec(`UPDATE leases SET owner = '', expires = 0 WHERE expires != 0`); err != nil {
+		return err
+	}
+	s.rdb, err = sql.Open("sqlite", path+"?_pragma=busy_timeout(10000)&_pragma=query_only(1)")
+	if err != nil {
+		return err
+	}
+	s.rdb.SetMaxOpenConns(8)
+	s.rdb.SetMaxIdleConns(8)
+	if err := s.sweep(); err != nil {
+		return err
+	}
+	s.w = newWriter(s.wdb, o.maxBatch)
+	return nil
+}
+
+// sweep removes leftover temporary files and body files that have no row.
+func (s *Store) sweep() error {
+	tmp := filepath.Join(s.dir, "tmp")
+	ents, err := os.ReadDir(tmp)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if err := os.RemoveAll(filepath.Join(tmp, e.Name())); err != nil {
+			return err
+		}
+	}
+	orphans := 0
+	for i := range 256 {
+		shard := filepath.Join(s.dir, "bodies", fmt.Sprintf("%02x", i))
+		n, err := s.sweepShard(shard)
+		orphans += n
+		if err != nil {
+			return err
+		}
+	}
+	if len(ents) > 0 || orphans > 0 {
+		s.log.Info("store sweep", "tmp_removed", len(ents), "orphan_bodies_removed", orphans)
+	}
+	return nil
+}
+
+func (s *Store) sweepShard(shard string) (int, error) {
+	d, err := os.Open(shard)
+	if err != nil {
+		return 0, err
+	}
+	defer d.Close()
+	removed := 0
+	for {
+		names, err := d.Readdirnames(1024)
+		for _, name := range names {
+			var one int
+			err := s.rdb.QueryRow(`SELECT 1 FROM messages WHERE id = ?`, name).Scan(&one)
+			if errors.Is(err, sql.ErrNoRows) {
+				s.log.Warn("store sweep: body without row", "id", name)
+				if err := os.Remove(filepath.Join(shard, name)); err != nil {
+					return removed, err
+				}
+				removed++
+				continue
+			}
+			if err != nil {
+				return removed, err
+			}
+		}
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return removed, nil
+			}
+			return removed, err
+		}
+	}
+}
+
+// Dir is the directory the store lives in.
+func (s *Store) Dir() string { return s.dir }
+
+// Close waits for pending writes, then closes the store. It is safe to call
+// more than once.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() { s.closeErr = s.closeAll() })
+	return s.closeErr
+}
+
+func (s *Store) closeAll() error {
+	var errs []error
+	if s.w != nil {
+		s.w.close()
+	}
+	if s.rdb != nil {
+		errs = append(errs, s.rdb.Close())
+	}
+	if s.wdb != nil {
+		errs = append(errs, s.wdb.Close())
+	}
+	if s.lockFD != nil {
+		errs = append(errs, s.lockFD.Close()) // releases the flock
+	}
+	return errors.Join(errs...)
+}
+
+// bodyPath is where the body of message id lives. Ids are validated by
+// checkID, so they are safe file names.
+func (s *Store) bodyPath(id string) string {
+	h := fnv.New32a()
+	h.Write([]byte(id))
+	return filepath.Join(s.dir, "bodies", fmt.Sprintf("%02x", h.Sum32()&0xff), id)
+}
+
+// checkID accepts ids that are safe as file names: 1–128 characters of
+// [A-Za-z0-9_.-], not starting with a dot.
+func checkID(id string) error {
+	if id == "" || len(id) > 128 || id[0] == '.' {
+		return fmt.Errorf("embedded: invalid queue id %q", id)
+	}
+	for _, c := range []byte(id) {
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '_', c == '.', c == '-':
+		default:
+			return fmt.Errorf("embedded: invalid queue id %q", id)
+		}
+	}
+	return nil
+}

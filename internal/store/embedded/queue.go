@@ -1,0 +1,534 @@
+package embedded
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"backupmx/internal/store"
+	"backupmx/internal/store/embedded/safefile"
+)
+
+const (
+	defaultLimit = 100
+	maxLimit     = 1000
+)
+
+// Enqueue implements store.Store. The body is streamed to disk, never held
+// in memory.
+func (s *Store) Enqueue(ctx context.Context, env *store.Envelope, body io.Reader) (int64, error) {
+	if err := checkID(env.ID); err != nil {
+		return 0, err
+	}
+	if len(env.Domains) == 0 {
+		return 0, fmt.Errorf("embedded: message %s has no recipients", env.ID)
+	}
+	e := *env
+	e.Domains = nil
+	envJSON, err := json.Marshal(&e)
+	if err != nil {
+		return 0, err
+	}
+	rcpts := make(map[string]string, len(env.Domains))
+	for dom, rs := range env.Domains {
+		if dom == "" || len(rs) == 0 {
+			return 0, fmt.Errorf("embedded: message %s: empty domain or recipient list", env.ID)
+		}
+		b, err := json.Marshal(rs)
+		if err != nil {
+			return 0, err
+		}
+		rcpts[dom] = string(b)
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+
+	f, err := safefile.Create(filepath.Join(s.dir, "tmp"))
+	if err != nil {
+		return 0, err
+	}
+	n, err := io.Copy(f, body)
+	if err != nil {
+		f.Abort()
+		return 0, err
+	}
+	final := s.bodyPath(env.ID)
+	if err := f.Commit(final); err != nil {
+		if errors.Is(err, safefile.ErrExist) {
+			return 0, fmt.Errorf("embedded: duplicate queue id %s", env.ID)
+		}
+		return 0, err
+	}
+
+	next := nanos(env.Received)
+	err = s.w.do(ctx, filepath.Dir(final), func(tx *sql.Tx) error {
+		if _, err := tx.Exec(`INSERT INTO messages (id, envelope, size) VALUES (?, ?, ?)`, env.ID, string(envJSON), n); err != nil {
+			return err
+		}
+		for dom, r := range rcpts {
+			if _, err := tx.Exec(`INSERT INTO deliveries (id, domain, recipients, next_attempt) VALUES (?, ?, ?, ?)`,
+				env.ID, dom, r, next); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		// No row points at the file (or the sweep will find it so).
+		_ = os.Remove(final)
+		return 0, err
+	}
+	return n, nil
+}
+
+// Claim implements store.Store. It runs in the writer, so two Claims never
+// lease the same domain.
+func (s *Store) Claim(ctx context.Context, owner string, now time.Time, ttl time.Duration, limit int) (*store.Lease, []store.Delivery, error) {
+	if owner == "" {
+		return nil, nil, errors.New("embedded: Claim needs an owner")
+	}
+	limit = clampLimit(limit)
+	n := nanos(now)
+	var (
+		lease *store.Lease
+		rows  []rawDelivery
+	)
+	err := s.w.do(ctx, "", func(tx *sql.Tx) error {
+		// Due deliveries in time order, skipping domains under a live lease.
+		// deliveries_due covers this scan; it only passes over due work of
+		// leased domains.
+		var domain string
+		err := tx.QueryRow(`
+			SELECT d.domain FROM deliveries d INDEXED BY deliveries_due
+			WHERE d.held = 0 AND d.next_attempt <= ?
+			  AND d.domain NOT IN (SELECT domain FROM leases WHERE expires > ?)
+			ORDER BY d.next_attempt LIMIT 1`, n, n).Scan(&domain)
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		exp := now.Add(ttl)
+		var token int64
+		err = tx.QueryRow(`
+			INSERT INTO leases (domain, owner, token, expires) VALUES (?, ?, 1, ?)
+			ON CONFLICT (domain) DO UPDATE SET owner = excluded.owner, token = leases.token + 1, expires = excluded.expires
+			RETURNING token`, domain, owner, nanos(exp)).Scan(&token)
+		if err != nil {
+			return err
+		}
+		rows, err = queryDeliveries(tx, `WHERE d.domain = ? AND d.held = 0 AND d.next_attempt <= ?
+			ORDER BY d.next_attempt, d.id LIMIT ?`, domain, n, limit)
+		if err != nil {
+			return err
+		}
+		lease = &store.Lease{Domain: domain, Owner: owner, Token: token, Expires: exp}
+		return nil
+	})
+	if err != nil || lease == nil {
+		return nil, nil, err
+	}
+	ds, err := decodeDeliveries(rows)
+	if err != nil {
+		return nil, nil, err
+	}
+	return lease, ds, nil
+}
+
+// More implements store.Store.
+func (s *Store) More(ctx context.Context, l *store.Lease, now time.Time, limit int, skip []string) ([]store.Delivery, error) {
+	if err := s.checkLease(ctx, l); err != nil {
+		return nil, err
+	}
+	if skip == nil {
+		skip = []string{}
+	}
+	skipJSON, err := json.Marshal(skip)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := queryDeliveries(ctxQuerier{ctx, s.rdb}, `WHERE d.domain = ? AND d.held = 0 AND d.next_attempt <= ?
+		AND d.id NOT IN (SELECT value FROM json_each(?))
+		ORDER BY d.next_attempt, d.id LIMIT ?`, l.Domain, nanos(now), string(skipJSON), clampLimit(limit))
+	if err != nil {
+		return nil, err
+	}
+	return decodeDeliveries(rows)
+}
+
+func (s *Store) checkLease(ctx context.Context, l *store.Lease) error {
+	var one int
+	err := s.rdb.QueryRowContext(ctx, `SELECT 1 FROM leases WHERE domain = ? AND owner = ? AND token = ? AND expires != 0`,
+		l.Domain, l.Owner, l.Token).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		return store.ErrLeaseLost
+	}
+	return err
+}
+
+// Renew implements store.Store. It does not modify *l.
+func (s *Store) Renew(ctx context.Context, l *store.Lease, now time.Time, ttl time.Duration) error {
+	return s.w.do(ctx, "", func(tx *sql.Tx) error {
+		res, err := tx.Exec(`UPDATE leases SET expires = ? WHERE domain = ? AND owner = ? AND token = ? AND expires > ?`,
+			nanos(now.Add(ttl)), l.Domain, l.Owner, l.Token, nanos(now))
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return store.ErrLeaseLost
+		}
+		return nil
+	})
+}
+
+// ReleaseLease implements store.Store. The token stays so that the next
+// lease on the domain gets a larger one.
+func (s *Store) ReleaseLease(ctx context.Context, l *store.Lease) error {
+	return s.w.do(ctx, "", func(tx *sql.Tx) error {
+		_, err := tx.Exec(`UPDATE leases SET owner = '', expires = 0 WHERE domain = ? AND owner = ? AND token = ?`,
+			l.Domain, l.Owner, l.Token)
+		return err
+	})
+}
+
+// Complete implements store.Store. Bodies of messages it removes are deleted
+// after the commit.
+func (s *Store) Complete(ctx context.Context, l *store.Lease, results []store.Result) error {
+	var gone []string
+	err := s.w.do(ctx, "", func(tx *sql.Tx) error {
+		gone = gone[:0]
+		var one int
+		err := tx.QueryRow(`SELECT 1 FROM leases WHERE domain = ? AND owner = ? AND token = ? AND expires != 0`,
+			l.Domain, l.Owner, l.Token).Scan(&one)
+		if errors.Is(err, sql.ErrNoRows) {
+			return store.ErrLeaseLost
+		}
+		if err != nil {
+			return err
+		}
+		for _, r := range results {
+			removed, err := completeOne(tx, l.Domain, r)
+			if err != nil {
+				return err
+			}
+			if removed {
+				gone = append(gone, r.ID)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, id := range gone {
+		_ = os.Remove(s.bodyPath(id)) // if this fails, the sweep will
+	}
+	return nil
+}
+
+// completeOne applies r to the delivery (r.ID, domain) and reports whether
+// the whole message is gone. A delivery that no longer exists (deleted by an
+// operator) is skipped.
+func completeOne(tx *sql.Tx, domain string, r store.Result) (bool, error) {
+	var rj string
+	err := tx.QueryRow(`SELECT recipients FROM deliveries WHERE id = ? AND domain = ?`, r.ID, domain).Scan(&rj)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	var rcpts []store.Recipient
+	if err := json.Unmarshal([]byte(rj), &rcpts); err != nil {
+		return false, err
+	}
+	done := make(map[string]bool, len(r.Delivered)+len(r.Failed))
+	for _, a := range r.Delivered {
+		done[a] = true
+	}
+	for _, a := range r.Failed {
+		done[a] = true
+	}
+	left := rcpts[:0]
+	for _, rc := range rcpts {
+		if !done[rc.Addr] {
+			left = append(left, rc)
+		}
+	}
+	if len(left) > 0 {
+		b, err := json.Marshal(left)
+		if err != nil {
+			return false, err
+		}
+		attempted := 0
+		if r.Attempted {
+			attempted = 1
+		}
+		_, err = tx.Exec(`UPDATE deliveries SET recipients = ?, next_attempt = ?, last_error = ?, attempts = attempts + ?
+			WHERE id = ? AND domain = ?`, string(b), nanos(r.Next), r.LastError, attempted, r.ID, domain)
+		return false, err
+	}
+	if _, err := tx.Exec(`DELETE FROM deliveries WHERE id = ? AND domain = ?`, r.ID, domain); err != nil {
+		return false, err
+	}
+	var one int
+	err = tx.QueryRow(`SELECT 1 FROM deliveries WHERE id = ? LIMIT 1`, r.ID).Scan(&one)
+	if err == nil {
+		return false, nil
+	}
+	if !errors.Is(err, sql.ErrNoRows) {
+		return false, err
+	}
+	_, err = tx.Exec(`DELETE FROM messages WHERE id = ?`, r.ID)
+	return err == nil, err
+}
+
+// NextDue implements store.Store.
+func (s *Store) NextDue(ctx context.Context) (time.Time, bool, error) {
+	var n sql.NullInt64
+	err := s.rdb.QueryRowContext(ctx, `SELECT MIN(next_attempt) FROM deliveries WHERE held = 0`).Scan(&n)
+	if err != nil || !n.Valid {
+		return time.Time{}, false, err
+	}
+	return fromNanos(n.Int64), true, nil
+}
+
+// Waiting implements store.Store. It walks the distinct domains through
+// deliveries_domain (one index seek per domain), never the whole queue.
+func (s *Store) Waiting(ctx context.Context, now time.Time) ([]string, error) {
+	rows, err := s.rdb.QueryContext(ctx, `
+		WITH RECURSIVE doms(d) AS (
+			SELECT MIN(domain) FROM deliveries
+			UNION ALL
+			SELECT (SELECT MIN(domain) FROM deliveries WHERE domain > doms.d) FROM doms WHERE doms.d IS NOT NULL
+		)
+		SELECT d FROM doms WHERE d IS NOT NULL AND EXISTS (
+			SELECT 1 FROM deliveries x WHERE x.domain = doms.d AND x.held = 0 AND x.next_attempt > ?)`, nanos(now))
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var d string
+		if err := rows.Scan(&d); err != nil {
+			return nil, err
+		}
+		out = append(out, d)
+	}
+	return out, rows.Err()
+}
+
+// Body implements store.Store.
+func (s *Store) Body(ctx context.Context, id string) (io.ReadCloser, error) {
+	if checkID(id) != nil {
+		return nil, store.ErrNotFound
+	}
+	var one int
+	err := s.rdb.QueryRowContext(ctx, `SELECT 1 FROM messages WHERE id = ?`, id).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, store.ErrNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.Open(s.bodyPath(id))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, store.ErrNotFound // removed since the check
+	}
+	return f, err
+}
+
+// List implements store.Store. The cursor is "<id> <domain>" of the last
+// delivery of the previous page (see Cursor); Page.Limit defaults to 100 and
+// is capped at 1000.
+func (s *Store) List(ctx context.Context, f store.Filter, p store.Page) ([]store.Delivery, error) {
+	where, args := filterSQL(f)
+	if p.After != "" {
+		id, dom, ok := strings.Cut(p.After, " ")
+		if !ok {
+			return nil, fmt.Errorf("embedded: bad cursor %q", p.After)
+		}
+		where += " AND (d.id, d.domain) > (?, ?)"
+		args = append(args, id, dom)
+	}
+	args = append(args, clampLimit(p.Limit))
+	rows, err := queryDeliveries(ctxQuerier{ctx, s.rdb}, "WHERE "+where+" ORDER BY d.id, d.domain LIMIT ?", args...)
+	if err != nil {
+		return nil, err
+	}
+	return decodeDeliveries(rows)
+}
+
+// Cursor is the List cursor that continues after d.
+func Cursor(d store.Delivery) string { return d.ID + " " + d.Domain }
+
+// Flush implements store.Store. Deliveries already overdue keep their
+// earlier time, so they stay ahead in Claim's order.
+func (s *Store) Flush(ctx context.Context, f store.Filter, now time.Time) (int, error) {
+	where, args := filterSQL(f)
+	return s.update(ctx, `UPDATE deliveries AS d SET next_attempt = MIN(next_attempt, ?) WHERE d.held = 0 AND `+where,
+		append([]any{nanos(now)}, args...))
+}
+
+// Hold implements store.Store.
+func (s *Store) Hold(ctx context.Context, f store.Filter) (int, error) {
+	where, args := filterSQL(f)
+	return s.update(ctx, `UPDATE deliveries AS d SET held = 1 WHERE d.held = 0 AND `+where, args)
+}
+
+// Unhold implements store.Store.
+func (s *Store) Unhold(ctx context.Context, f store.Filter, now time.Time) (int, error) {
+	where, args := filterSQL(f)
+	return s.update(ctx, `UPDATE deliveries AS d SET held = 0, next_attempt = ? WHERE d.held = 1 AND `+where,
+		append([]any{nanos(now)}, args...))
+}
+
+func (s *Store) update(ctx context.Context, q string, args []any) (int, error) {
+	var n int64
+	err := s.w.do(ctx, "", func(tx *sql.Tx) error {
+		res, err := tx.Exec(q, args...)
+		if err != nil {
+			return err
+		}
+		n, err = res.RowsAffected()
+		return err
+	})
+	return int(n), err
+}
+
+// Delete implements store.Store.
+func (s *Store) Delete(ctx context.Context, id string) error {
+	if checkID(id) != nil {
+		return store.ErrNotFound
+	}
+	err := s.w.do(ctx, "", func(tx *sql.Tx) error {
+		if _, err := tx.Exec(`DELETE FROM deliveries WHERE id = ?`, id); err != nil {
+			return err
+		}
+		res, err := tx.Exec(`DELETE FROM messages WHERE id = ?`, id)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return store.ErrNotFound
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	_ = os.Remove(s.bodyPath(id)) // if this fails, the sweep will
+	return nil
+}
+
+// filterSQL is the WHERE condition for f on deliveries d ("1" for all).
+func filterSQL(f store.Filter) (string, []any) {
+	conds := []string{"1"}
+	var args []any
+	if f.ID != "" {
+		conds = append(conds, "d.id = ?")
+		args = append(args, f.ID)
+	}
+	if f.Domain != "" {
+		conds = append(conds, "d.domain = ?")
+		args = append(args, f.Domain)
+	}
+	return strings.Join(conds, " AND "), args
+}
+
+func clampLimit(n int) int {
+	switch {
+	case n <= 0:
+		return defaultLimit
+	case n > maxLimit:
+		return maxLimit
+	}
+	return n
+}
+
+// rawDelivery is a row as read, decoded outside the writer.
+type rawDelivery struct {
+	id, domain, rcpts, lastErr, env string
+	attempts                        int
+	next, size                      int64
+	held                            bool
+}
+
+type querier interface {
+	Query(q string, args ...any) (*sql.Rows, error)
+}
+
+type ctxQuerier struct {
+	ctx context.Context
+	db  *sql.DB
+}
+
+func (c ctxQuerier) Query(q string, args ...any) (*sql.Rows, error) {
+	return c.db.QueryContext(c.ctx, q, args...)
+}
+
+func queryDeliveries(q querier, tail string, args ...any) ([]rawDelivery, error) {
+	rows, err := q.Query(`SELECT d.id, d.domain, d.recipients, d.attempts, d.next_attempt, d.last_error, d.held, m.envelope, m.size
+		FROM deliveries d JOIN messages m ON m.id = d.id `+tail, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []rawDelivery
+	for rows.Next() {
+		var r rawDelivery
+		if err := rows.Scan(&r.id, &r.domain, &r.rcpts, &r.attempts, &r.next, &r.lastErr, &r.held, &r.env, &r.size); err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+func decodeDeliveries(rows []rawDelivery) ([]store.Delivery, error) {
+	out := make([]store.Delivery, 0, len(rows))
+	for _, r := range rows {
+		d := store.Delivery{
+			ID:          r.id,
+			Domain:      r.domain,
+			Size:        r.size,
+			Attempts:    r.attempts,
+			NextAttempt: fromNanos(r.next),
+			LastError:   r.lastErr,
+			Held:        r.held,
+		}
+		if err := json.Unmarshal([]byte(r.rcpts), &d.Recipients); err != nil {
+			return nil, fmt.Errorf("embedded: delivery %s/%s: %w", r.id, r.domain, err)
+		}
+		if err := json.Unmarshal([]byte(r.env), &d.Envelope); err != nil {
+			return nil, fmt.Errorf("embedded: message %s: %w", r.id, err)
+		}
+		out = append(out, d)
+	}
+	return out, nil
+}
+
+// nanos is t in unix nanoseconds, clamped to what int64 can hold (years
+// 1678–2262), so the zero time sorts first.
+func nanos(t time.Time) int64 {
+	switch y := t.Year(); {
+	case y < 1678:
+		return math.MinInt64
+	case y > 2261:
+		return math.MaxInt64
+	}
+	return t.UnixNano()
+}
+
+func fromNanos(n int64) time.Time { return time.Unix(0, n).UTC() }
