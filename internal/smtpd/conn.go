@@ -2,7 +2,9 @@ package smtpd
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"strconv"
@@ -10,6 +12,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/emersion/go-smtp"
 )
 
 // Read modes: what the next client bytes are.
@@ -57,14 +61,15 @@ type conn struct {
 	ip netip.Addr
 
 	// Read side: used only from go-smtp's goroutine for this connection.
-	base  []byte // backing array for buf
-	buf   []byte // client bytes not yet handed to go-smtp
-	fwd   int    // bytes at the head of buf cleared for go-smtp
-	mode  int
-	chunk int64  // modeChunk: bytes left
-	data  int    // modeData: scanner state
-	await string // "DATA" or "STARTTLS" handed over; its reply decides the mode
-	rerr  error  // sticky socket read error
+	base    []byte // backing array for buf
+	buf     []byte // client bytes not yet handed to go-smtp
+	fwd     int    // bytes at the head of buf cleared for go-smtp
+	mode    int
+	chunk   int64  // modeChunk: bytes left
+	data    int    // modeData: scanner state
+	await   string // "DATA" or "STARTTLS" handed over; its reply decides the mode
+	rerr    error  // sticky socket read error
+	aborted bool   // a body or chunk was cut short (see midMessage)
 
 	esmtp atomic.Bool // the last greeting was EHLO
 	raw   atomic.Bool // stop watching replies (TLS ciphertext)
@@ -116,7 +121,7 @@ func (c *conn) plan() error {
 		}
 		if len(c.buf) == 0 {
 			if err := c.fill(c.s.Config.SMTP.DataTimeout.D()); err != nil {
-				return err
+				return c.midMessage(err)
 			}
 		}
 		n := min(int64(len(c.buf)), c.chunk)
@@ -124,7 +129,7 @@ func (c *conn) plan() error {
 	case modeData:
 		if len(c.buf) == 0 {
 			if err := c.fill(c.s.Config.SMTP.DataTimeout.D()); err != nil {
-				return err
+				return c.midMessage(err)
 			}
 		}
 		n, end := c.scanData()
@@ -248,6 +253,28 @@ func (c *conn) scanData() (n int, end bool) {
 	return len(c.buf), false
 }
 
+// midMessage turns a socket error inside a body or chunk into what go-smtp
+// must see. The first one aborts the message: a timeout becomes the 421 reply
+// (go-smtp would answer a bare net.Error in BDAT with 554: 5xx for our side's
+// timeout), and end of stream becomes io.ErrUnexpectedEOF (go-smtp would take
+// a bare EOF inside a BDAT chunk as the end of the chunk and could queue a
+// truncated message). Every read after that gets io.EOF, so go-smtp, having
+// written its reply, hangs up quietly.
+func (c *conn) midMessage(err error) error {
+	if c.aborted {
+		return io.EOF
+	}
+	c.aborted = true
+	var ne net.Error
+	switch {
+	case errors.As(err, &ne) && ne.Timeout():
+		return reply(421, smtp.EnhancedCode{4, 4, 2}, "Timeout waiting for data, closing connection")
+	case err == io.EOF:
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
 // fill reads once from the socket, with a fresh deadline of d.
 func (c *conn) fill(d time.Duration) error {
 	if c.rerr != nil {
@@ -282,10 +309,30 @@ func (c *conn) reply(line string) {
 func (c *conn) Write(p []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	if !c.raw.Load() {
-		c.observe(p)
+	if c.raw.Load() {
+		return c.Conn.Write(p)
+	}
+	c.observe(p)
+	if q, ok := c.greetingReply(p); ok {
+		if _, err := c.Conn.Write(q); err != nil {
+			return 0, err
+		}
+		return len(p), nil
 	}
 	return c.Conn.Write(p)
+}
+
+// greetingReply puts our name first in go-smtp's reply to EHLO and HELO
+// ("250-Hello client" and "250 2.0.0 Hello client"), as RFC 5321 §4.1.1.1
+// requires: "250" SP Domain [ SP greeting ]. go-smtp writes each reply line
+// with one Write, and no other reply starts this way.
+func (c *conn) greetingReply(p []byte) ([]byte, bool) {
+	for _, prefix := range []string{"250-Hello ", "250 2.0.0 Hello "} {
+		if rest, ok := bytes.CutPrefix(p, []byte(prefix)); ok {
+			return fmt.Appendf(nil, "%s%s Hello %s", prefix[:4], c.s.Config.Hostname, rest), true
+		}
+	}
+	return nil, false
 }
 
 func (c *conn) observe(p []byte) {

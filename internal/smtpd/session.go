@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -216,12 +215,12 @@ func (x *session) Data(r io.Reader) error {
 // bodyError maps a failure reading the client's body to the reply and the
 // rule for the log. Only "too big" is the sender's fault (5xx).
 func bodyError(err error, max int64) (string, *smtp.SMTPError) {
-	var ne net.Error
+	var se *smtp.SMTPError
 	switch {
 	case errors.Is(err, smtp.ErrDataTooLarge):
 		return "size", reply(552, smtp.EnhancedCode{5, 3, 4}, fmt.Sprintf("Message too big: the limit is %d bytes", max))
-	case errors.As(err, &ne) && ne.Timeout():
-		return "timeout", reply(421, smtp.EnhancedCode{4, 4, 2}, "Timeout waiting for data, closing connection")
+	case errors.As(err, &se) && se.Code/100 == 4:
+		return "timeout", se // from conn.midMessage
 	case errors.Is(err, smtp.ErrDataReset):
 		return "aborted", reply(451, smtp.EnhancedCode{4, 3, 0}, "Message transfer aborted")
 	}
