@@ -52,6 +52,14 @@ func (t Timeouts) withDefaults(connect time.Duration) Timeouts {
 const quitTimeout = 10 * time.Second
 
 // Client is the Dialer: it routes a domain to its hosts and opens sessions.
+//
+// It speaks SMTP itself (conn.go) rather than through go-smtp's client, so
+// that each step has its own RFC 5321 §4.5.3.2 timeout, the context can end a
+// stuck dialogue, STARTTLS is opportunistic on an open connection and HELO
+// follows any 5xx to EHLO. Not done: PIPELINING (commands go one at a time),
+// converting 8-bit bodies for a primary without 8BITMIME (they wait, 4.6.3),
+// downgrading SMTPUTF8 (refused, 5.6.7), ORCPT values that are not printable
+// ASCII (left out).
 // The zero value of every field but Config is usable; Config may be nil (then
 // every domain is routed as a notice destination).
 type Client struct {
