@@ -257,11 +257,13 @@ func (c *client) read() string {
 	}
 }
 
-// closed reports whether the server hung up (after any replies still pending).
+// closed reports whether the server hung up (after any replies still pending):
+// EOF, or a reset when it closed with our bytes unread.
 func (c *client) closed() bool {
 	c.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
 	_, err := io.Copy(io.Discard, bufio.NewReader(c.text.R))
-	return err == nil // EOF: the server closed
+	var ne net.Error
+	return !errors.As(err, &ne) || !ne.Timeout()
 }
 
 // transaction is the usual opening: EHLO, MAIL, one RCPT per address.

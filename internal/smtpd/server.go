@@ -20,7 +20,6 @@ package smtpd
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -61,10 +60,15 @@ type Server struct {
 	// without it ETRN answers 458.
 	ETRN func(domain string) error
 
-	once  sync.Once
-	smtp  *smtp.Server
-	mu    sync.Mutex
-	conns map[*conn]struct{}
+	once      sync.Once
+	smtp      *smtp.Server
+	mu        sync.Mutex
+	conns     map[*conn]struct{}
+	listeners []net.Listener
+	bound     []string // addresses ListenAndServe listens on
+	closing   bool
+	drained   chan struct{} // closed when closing and no connection is left
+	isDrained bool
 }
 
 func (s *Server) init() {
@@ -89,7 +93,21 @@ func (s *Server) init() {
 // a Shutdown or Close, or the listener's error.
 func (s *Server) Serve(l net.Listener) error {
 	s.init()
-	return s.smtp.Serve(&listener{Listener: l, s: s})
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		l.Close()
+		return nil
+	}
+	s.listeners = append(s.listeners, l)
+	s.mu.Unlock()
+	err := s.smtp.Serve(&listener{Listener: l, s: s})
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return nil
+	}
+	return err
 }
 
 // ListenAndServe listens on every Config.SMTP.Listen address and serves them
@@ -110,6 +128,11 @@ func (s *Server) ListenAndServe(ctx context.Context) error {
 		s.log().Info("listening", "addr", l.Addr().String())
 		ls = append(ls, l)
 	}
+	s.mu.Lock()
+	for _, l := range ls {
+		s.bound = append(s.bound, l.Addr().String())
+	}
+	s.mu.Unlock()
 	stop := context.AfterFunc(ctx, func() { s.Close() })
 	defer stop()
 	errc := make(chan error, len(ls))
@@ -128,28 +151,54 @@ func (s *Server) ListenAndServe(ctx context.Context) error {
 
 // Shutdown stops accepting and waits for open sessions to end. If ctx expires
 // first, the remaining connections are closed and ctx's error returned.
+//
+// (go-smtp's own Shutdown is not used: its WaitGroup races an Add in Serve
+// against the Wait; conn tracking here does the same job.)
 func (s *Server) Shutdown(ctx context.Context) error {
-	s.init()
-	err := s.smtp.Shutdown(ctx)
-	if ctx.Err() != nil {
-		s.closeConns()
-	}
-	if errors.Is(err, smtp.ErrServerClosed) {
+	drained := s.stopListening()
+	select {
+	case <-drained:
 		return nil
+	case <-ctx.Done():
+		s.closeConns()
+		return ctx.Err()
 	}
-	return err
 }
 
 // Close stops accepting and closes every connection now. A message whose
 // Enqueue has not returned is not acknowledged; the sender retries.
 func (s *Server) Close() error {
+	s.stopListening()
+	s.closeConns()
+	return nil
+}
+
+// stopListening closes the listeners; the channel is closed once no
+// connection is left.
+func (s *Server) stopListening() <-chan struct{} {
 	s.init()
-	err := s.smtp.Close()
-	s.closeConns() // go-smtp's Close does nothing after a Shutdown
-	if errors.Is(err, smtp.ErrServerClosed) {
-		return nil
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closing = true
+	for _, l := range s.listeners {
+		l.Close()
 	}
-	return err
+	s.listeners = nil
+	if s.drained == nil {
+		s.drained = make(chan struct{})
+	}
+	if len(s.conns) == 0 && !s.isDrained {
+		close(s.drained)
+		s.isDrained = true
+	}
+	return s.drained
+}
+
+// addrs returns the addresses ListenAndServe is listening on.
+func (s *Server) addrs() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.bound...)
 }
 
 func (s *Server) closeConns() {
@@ -169,7 +218,7 @@ func (s *Server) closeConns() {
 func (s *Server) track(nc net.Conn) (*conn, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if len(s.conns) >= s.Config.SMTP.MaxConnections {
+	if s.closing || len(s.conns) >= s.Config.SMTP.MaxConnections {
 		return nil, false
 	}
 	c := newConn(nc, s)
@@ -179,8 +228,12 @@ func (s *Server) track(nc net.Conn) (*conn, bool) {
 
 func (s *Server) untrack(c *conn) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	delete(s.conns, c)
-	s.mu.Unlock()
+	if len(s.conns) == 0 && s.drained != nil && !s.isDrained {
+		close(s.drained)
+		s.isDrained = true
+	}
 }
 
 // listener wraps every accepted connection in a conn and enforces
