@@ -1,0 +1,195 @@
+// Command backupmx is the backup MX server and its queue tool.
+//
+//	backupmx serve -config FILE
+//	backupmx queue list|show|flush|delete|hold|release -config FILE …
+//	backupmx check-config -config FILE
+//	backupmx version
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"backupmx/internal/admin"
+	"backupmx/internal/config"
+	"backupmx/internal/dnsres"
+	"backupmx/internal/queue"
+	"backupmx/internal/relay"
+	"backupmx/internal/smtpd"
+	"backupmx/internal/store"
+	"backupmx/internal/store/embedded"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+const usage = `usage:
+  backupmx serve -config FILE
+  backupmx queue list|show|flush|delete|hold|release -config FILE …
+  backupmx check-config -config FILE
+  backupmx version
+`
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "serve":
+		return serve(args[1:], stderr)
+	case "queue":
+		return runQueue(args[1:], stdout, stderr)
+	case "check-config":
+		fs := flag.NewFlagSet("check-config", flag.ContinueOnError)
+		fs.SetOutput(stderr)
+		path := fs.String("config", "backupmx.toml", "configuration file")
+		if err := fs.Parse(args[1:]); err != nil {
+			return 2
+		}
+		cfg, err := config.Load(*path)
+		if err != nil {
+			fmt.Fprintln(stderr, err)
+			return 1
+		}
+		fmt.Fprintf(stdout, "%s: ok (%d domains, store %s)\n", *path, len(cfg.Domains), cfg.Store.Engine)
+		return 0
+	case "version":
+		fmt.Fprintln(stdout, "backupmx", version)
+		return 0
+	default:
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+}
+
+func newLogger(c config.Log, w io.Writer) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(c.Level))
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func openStore(cfg *config.Config) (store.Store, error) {
+	switch cfg.Store.Engine {
+	case "embedded":
+		return embedded.Open(cfg.Store.Dir)
+	default:
+		return nil, fmt.Errorf("store engine %q is not available in this build", cfg.Store.Engine)
+	}
+}
+
+// serve runs the server until SIGINT or SIGTERM.
+func serve(args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "backupmx.toml", "configuration file")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	cfg, err := config.Load(*path)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	log := newLogger(cfg.Log, stderr)
+	if err := serveConfig(cfg, log); err != nil {
+		log.Error("fatal", "err", err)
+		return 1
+	}
+	return 0
+}
+
+func serveConfig(cfg *config.Config, log *slog.Logger) error {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	st, err := openStore(cfg)
+	if err != nil {
+		return fmt.Errorf("opening store: %w", err)
+	}
+	defer st.Close()
+
+	resolver := dnsres.New(cfg.DNS.Resolver)
+	rc := &relay.Client{
+		Hostname: cfg.Hostname,
+		Config:   cfg,
+		Resolver: resolver,
+	}
+	sched := &queue.Scheduler{Store: st, Dialer: rc, Config: cfg, Log: log, Owner: cfg.Node}
+	srv := &smtpd.Server{
+		Config:   cfg,
+		Store:    st,
+		Log:      log,
+		Resolver: resolver,
+		Queued:   func([]string) { sched.Kick() },
+		ETRN: func(domain string) error {
+			return sched.FlushDomain(ctx, domain, "ETRN")
+		},
+	}
+
+	var listeners []net.Listener
+	for _, addr := range cfg.SMTP.Listen {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			for _, l := range listeners {
+				l.Close()
+			}
+			return err
+		}
+		listeners = append(listeners, l)
+	}
+	var adminSrv *http.Server
+	if cfg.Admin.Listen != "" {
+		a := &admin.Server{Store: st, Token: cfg.Admin.Token, Log: log, Kick: sched.Kick}
+		l, err := net.Listen("tcp", cfg.Admin.Listen)
+		if err != nil {
+			return fmt.Errorf("admin listener: %w", err)
+		}
+		adminSrv = &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 10 * time.Second}
+		go adminSrv.Serve(l)
+		log.Info("admin API listening", "addr", l.Addr().String())
+	}
+
+	var wg sync.WaitGroup
+	schedCtx, stopSched := context.WithCancel(context.Background())
+	wg.Go(func() { sched.Run(schedCtx) })
+	for _, l := range listeners {
+		log.Info("SMTP listening", "addr", l.Addr().String(), "hostname", cfg.Hostname, "store", cfg.Store.Engine)
+		wg.Go(func() {
+			if err := srv.Serve(l); err != nil && !errors.Is(err, net.ErrClosed) {
+				log.Error("SMTP listener stopped", "addr", l.Addr().String(), "err", err)
+			}
+		})
+	}
+
+	<-ctx.Done()
+	log.Info("shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	srv.Shutdown(sctx)
+	if adminSrv != nil {
+		adminSrv.Shutdown(sctx)
+	}
+	stopSched()
+	wg.Wait()
+	return nil
+}

@@ -1,0 +1,482 @@
+// Package queue is the scheduler: it claims due deliveries from the store one
+// domain at a time, hands them to the relay over a few sessions per primary,
+// and records each outcome (delivered, deferred with the next attempt, failed
+// or expired with a DSN to the sender).
+//
+// Invariants: the store is the only truth — nothing here is needed to resume
+// after a crash, and memory holds at most Workers × Batch deliveries at once.
+// A recipient leaves the store only after the primary said 250 for it, or after
+// the DSN telling its sender has itself been made durable in the store.
+// A domain whose primary answers a probe, accepts a delivery, or sends ETRN is
+// flushed: all its waiting mail becomes due at once.
+package queue
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"backupmx/internal/config"
+	"backupmx/internal/relay"
+	"backupmx/internal/store"
+)
+
+// Scheduler runs deliveries. Set the fields, then call Run.
+type Scheduler struct {
+	Store  store.Store
+	Dialer relay.Dialer
+	Config *config.Config
+	Log    *slog.Logger
+	Now    func() time.Time // clock seam
+	Owner  string           // lease owner: this node's name
+	// PollInterval bounds how long the loop sleeps without looking at the
+	// store (other nodes may have added work). Default 30s.
+	PollInterval time.Duration
+
+	once    sync.Once
+	kick    chan struct{}
+	probing sync.Mutex // one probe round at a time
+}
+
+func (s *Scheduler) init() {
+	s.once.Do(func() {
+		s.kick = make(chan struct{}, 1)
+		if s.Now == nil {
+			s.Now = time.Now
+		}
+		if s.Log == nil {
+			s.Log = slog.Default()
+		}
+		if s.PollInterval == 0 {
+			s.PollInterval = 30 * time.Second
+		}
+		if s.Owner == "" {
+			s.Owner = s.Config.Node
+		}
+	})
+}
+
+// Kick wakes the loop: there may be due work. It never blocks.
+func (s *Scheduler) Kick() {
+	s.init()
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+// FlushDomain makes all of a domain's waiting mail due now and wakes the loop
+// (ETRN, a successful probe, the admin API).
+func (s *Scheduler) FlushDomain(ctx context.Context, domain, why string) error {
+	s.init()
+	n, err := s.Store.Flush(ctx, store.Filter{Domain: domain}, s.Now())
+	if err != nil {
+		return err
+	}
+	s.Log.Info("flush", "domain", domain, "reason", why, "deliveries", n)
+	s.Kick()
+	return nil
+}
+
+// Run delivers until ctx is cancelled, then waits for deliveries in progress.
+func (s *Scheduler) Run(ctx context.Context) error {
+	s.init()
+	workers := s.Config.Queue.Workers
+	done := make(chan struct{}, workers)
+	active := 0
+	probe := time.NewTicker(s.Config.Queue.ProbeInterval.D())
+	defer probe.Stop()
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	go s.probeAll(ctx) // after a restart, every waiting domain is presumed down
+	for {
+		wait := s.PollInterval
+		for active < workers && ctx.Err() == nil {
+			l, ds, err := s.Store.Claim(ctx, s.Owner, s.Now(), s.Config.Queue.Lease.D(), s.Config.Queue.Batch)
+			if err != nil {
+				if ctx.Err() == nil {
+					s.Log.Error("claim failed", "err", err)
+				}
+				wait = time.Second
+				break
+			}
+			if l == nil {
+				if t, ok, err := s.Store.NextDue(ctx); err == nil && ok {
+					wait = min(wait, max(t.Sub(s.Now()), 0)+5*time.Millisecond)
+				}
+				break
+			}
+			active++
+			go func() {
+				s.work(ctx, l, ds)
+				done <- struct{}{}
+			}()
+		}
+		timer.Reset(wait)
+		select {
+		case <-ctx.Done():
+			for ; active > 0; active-- {
+				<-done
+			}
+			return nil
+		case <-done:
+			active--
+		case <-s.kick:
+		case <-timer.C:
+		case <-probe.C:
+			go s.probeAll(ctx)
+		}
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+	}
+}
+
+// RunDue claims and processes due work, one domain after the other, until
+// nothing is due at s.Now(). Tests drive a fake clock with it.
+func (s *Scheduler) RunDue(ctx context.Context) error {
+	s.init()
+	for {
+		l, ds, err := s.Store.Claim(ctx, s.Owner, s.Now(), s.Config.Queue.Lease.D(), s.Config.Queue.Batch)
+		if err != nil || l == nil {
+			return err
+		}
+		s.work(ctx, l, ds)
+	}
+}
+
+// probeAll probes the primary of every configured domain that has waiting
+// mail, and flushes those that answer.
+func (s *Scheduler) probeAll(ctx context.Context) {
+	if !s.probing.TryLock() {
+		return
+	}
+	defer s.probing.Unlock()
+	domains, err := s.Store.Waiting(ctx, s.Now())
+	if err != nil {
+		s.Log.Error("probe: listing waiting domains failed", "err", err)
+		return
+	}
+	sem := make(chan struct{}, 8)
+	var wg sync.WaitGroup
+	for _, d := range domains {
+		if s.Config.Domain(d) == nil {
+			continue // notices to senders: no probing of foreign hosts
+		}
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			pctx, cancel := context.WithTimeout(ctx, s.Config.Queue.ConnectTimeout.D()+10*time.Second)
+			defer cancel()
+			if err := s.Dialer.Probe(pctx, d); err != nil {
+				s.Log.Debug("probe: primary still down", "domain", d, "err", err)
+				return
+			}
+			if err := s.FlushDomain(ctx, d, "probe answered"); err != nil {
+				s.Log.Error("probe: flush failed", "domain", d, "err", err)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// retention is how long mail for the domain is held before a DSN.
+func (s *Scheduler) retention(domain string) time.Duration {
+	if d := s.Config.Domain(domain); d != nil {
+		return d.Retention.D()
+	}
+	return s.Config.Queue.Retention.D()
+}
+
+func (s *Scheduler) intervals() []time.Duration {
+	iv := make([]time.Duration, len(s.Config.Queue.Retry))
+	for i, r := range s.Config.Queue.Retry {
+		iv[i] = r.D()
+	}
+	return iv
+}
+
+// work delivers a leased domain's due mail over up to Queue.Sessions
+// sessions, batch after batch, until none is due or the primary is down.
+func (s *Scheduler) work(ctx context.Context, l *store.Lease, ds []store.Delivery) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer func() {
+		if err := s.Store.ReleaseLease(context.WithoutCancel(ctx), l); err != nil {
+			s.Log.Warn("lease release failed", "domain", l.Domain, "err", err)
+		}
+		s.Kick()
+	}()
+	go s.renew(ctx, cancel, l)
+
+	c := &cycle{s: s, lease: l, intervals: s.intervals(), retention: s.retention(l.Domain)}
+	defer c.close()
+	for len(ds) > 0 && ctx.Err() == nil {
+		results := c.deliverBatch(ctx, ds)
+		// Flush before recording: the flush makes the domain's waiting mail
+		// due now, and must not override the schedule of this batch's own
+		// deferred recipients, which Complete writes next.
+		if c.flush {
+			c.flush = false
+			if n, err := s.Store.Flush(ctx, store.Filter{Domain: l.Domain}, s.Now()); err != nil {
+				s.Log.Error("flush after success failed", "domain", l.Domain, "err", err)
+			} else if n > 0 {
+				s.Log.Info("flush", "domain", l.Domain, "reason", "delivery succeeded", "deliveries", n)
+			}
+		}
+		if err := s.Store.Complete(context.WithoutCancel(ctx), l, results); err != nil {
+			// Lease lost or store fault: the outcome is not recorded, so these
+			// deliveries are tried again later (at least once, never lost).
+			s.Log.Error("recording outcomes failed", "domain", l.Domain, "count", len(results), "err", err)
+			return
+		}
+		var err error
+		ds, err = s.Store.More(ctx, l, s.Now(), s.Config.Queue.Batch, nil)
+		if err != nil {
+			s.Log.Error("reading more work failed", "domain", l.Domain, "err", err)
+			return
+		}
+	}
+}
+
+// renew keeps the lease alive while work goes on; losing it stops the work.
+func (s *Scheduler) renew(ctx context.Context, cancel context.CancelFunc, l *store.Lease) {
+	ttl := s.Config.Queue.Lease.D()
+	t := time.NewTicker(ttl / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := s.Store.Renew(ctx, l, s.Now(), ttl); err != nil {
+				if ctx.Err() == nil {
+					s.Log.Error("lease lost, stopping work", "domain", l.Domain, "err", err)
+					cancel()
+				}
+				return
+			}
+		}
+	}
+}
+
+// cycle is the state of one leased work cycle on one domain.
+type cycle struct {
+	s         *Scheduler
+	lease     *store.Lease
+	intervals []time.Duration
+	retention time.Duration
+
+	mu       sync.Mutex
+	sessions []relay.Session // idle sessions for reuse across batches
+	downErr  error           // set once the primary refused us: no more dialing
+	flush    bool            // a delivery succeeded: flush the domain's waiting mail
+	flushed  bool            // flush was already requested in this cycle
+}
+
+func (c *cycle) close() {
+	for _, ss := range c.sessions {
+		ss.Close()
+	}
+	c.sessions = nil
+}
+
+// deliverBatch attempts each delivery once and returns their results.
+func (c *cycle) deliverBatch(ctx context.Context, ds []store.Delivery) []store.Result {
+	results := make([]store.Result, len(ds))
+	jobs := make(chan int)
+	n := min(c.s.Config.Queue.Sessions, len(ds))
+	var wg sync.WaitGroup
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var sess relay.Session
+			defer func() {
+				if sess != nil {
+					c.mu.Lock()
+					c.sessions = append(c.sessions, sess)
+					c.mu.Unlock()
+				}
+			}()
+			for i := range jobs {
+				results[i], sess = c.deliverOne(ctx, &ds[i], sess)
+			}
+		}()
+	}
+	for i := range ds {
+		jobs <- i
+	}
+	close(jobs)
+	wg.Wait()
+	return results
+}
+
+// session returns a usable session: the one given, an idle one, or a new one.
+func (c *cycle) session(ctx context.Context, sess relay.Session) (relay.Session, error) {
+	if sess != nil {
+		return sess, nil
+	}
+	c.mu.Lock()
+	if c.downErr != nil {
+		err := c.downErr
+		c.mu.Unlock()
+		return nil, err
+	}
+	if k := len(c.sessions); k > 0 {
+		sess = c.sessions[k-1]
+		c.sessions = c.sessions[:k-1]
+		c.mu.Unlock()
+		return sess, nil
+	}
+	c.mu.Unlock()
+	dctx, cancel := context.WithTimeout(ctx, c.s.Config.Queue.ConnectTimeout.D()+time.Minute)
+	defer cancel()
+	sess, err := c.s.Dialer.Dial(dctx, c.lease.Domain)
+	if err != nil {
+		c.mu.Lock()
+		if c.downErr == nil {
+			c.downErr = err
+			c.s.Log.Warn("primary down", "domain", c.lease.Domain, "err", err)
+		}
+		c.mu.Unlock()
+		return nil, err
+	}
+	return sess, nil
+}
+
+// deliverOne makes one attempt at d and decides the fate of each recipient.
+func (c *cycle) deliverOne(ctx context.Context, d *store.Delivery, sess relay.Session) (store.Result, relay.Session) {
+	s := c.s
+	log := s.Log.With("id", d.ID, "domain", d.Domain)
+	res := store.Result{ID: d.ID, Attempted: true}
+	var rr relay.Result
+	var sendErr error
+
+	sess, sendErr = c.session(ctx, sess)
+	if sendErr == nil {
+		body, err := s.Store.Body(ctx, d.ID)
+		if err != nil {
+			log.Error("opening stored body failed", "err", err)
+			res.Attempted = false
+			res.LastError = "local: " + err.Error()
+			res.Next = s.Now().Add(time.Minute)
+			return res, sess
+		}
+		rr, sendErr = sess.Send(ctx, d, body)
+		body.Close()
+		if sendErr != nil {
+			sess.Close()
+			sess = nil
+		}
+	}
+
+	now := s.Now()
+	settled := make(map[string]bool)
+	for _, a := range rr.Accepted {
+		settled[a] = true
+		res.Delivered = append(res.Delivered, a)
+	}
+	if len(rr.Accepted) > 0 {
+		log.Info("delivered", "recipients", len(rr.Accepted), "host", hostOf(sess), "tls", tlsOf(sess), "attempts", d.Attempts+1)
+		c.mu.Lock()
+		if !c.flushed {
+			c.flush, c.flushed = true, true
+		}
+		c.mu.Unlock()
+	}
+	var bounces []bounce
+	for _, r := range rr.Rejected {
+		settled[r.Addr] = true
+		bounces = append(bounces, bounce{addr: r.Addr, status: statusOf(r.Reply, "5.0.0"), diag: r.Reply.String(), remote: hostOf(sess)})
+	}
+	lastErr := ""
+	if sendErr != nil {
+		lastErr = sendErr.Error()
+		if relay.IsPermanent(sendErr) {
+			// e.g. a null MX for a notice's domain: no point in retrying.
+			for _, r := range d.Recipients {
+				if !settled[r.Addr] {
+					settled[r.Addr] = true
+					bounces = append(bounces, bounce{addr: r.Addr, status: "5.1.2", diag: lastErr})
+				}
+			}
+		}
+	}
+	for _, r := range rr.Deferred {
+		if lastErr == "" {
+			lastErr = r.Reply.String()
+		}
+	}
+	var remaining []store.Recipient
+	for _, r := range d.Recipients {
+		if !settled[r.Addr] {
+			remaining = append(remaining, r)
+		}
+	}
+	expires := d.Envelope.Received.Add(c.retention)
+	if len(remaining) > 0 && !now.Before(expires) {
+		for _, r := range remaining {
+			bounces = append(bounces, bounce{addr: r.Addr, status: "4.4.7", diag: lastErr, expired: true})
+		}
+		log.Warn("expired", "recipients", len(remaining), "held_for", now.Sub(d.Envelope.Received).Round(time.Second).String(), "last_error", lastErr)
+		remaining = nil
+	}
+	if len(bounces) > 0 {
+		if err := c.s.notify(ctx, d, bounces); err != nil {
+			// Without a durable DSN the recipients must stay queued.
+			log.Error("enqueueing DSN failed; keeping recipients", "err", err)
+			for _, b := range bounces {
+				remaining = append(remaining, store.Recipient{Addr: b.addr})
+			}
+			res.Next = now.Add(c.intervals[0])
+			res.LastError = "local: DSN not queued: " + err.Error()
+			return res, sess
+		}
+		for _, b := range bounces {
+			res.Failed = append(res.Failed, b.addr)
+		}
+	}
+	if len(remaining) > 0 {
+		res.LastError = lastErr
+		res.Next = NextAttempt(d.Attempts+1, now, expires, c.intervals)
+		log.Info("deferred", "recipients", len(remaining), "attempts", d.Attempts+1, "next_attempt", res.Next.Format(time.RFC3339), "err", lastErr)
+	}
+	return res, sess
+}
+
+func hostOf(s relay.Session) string {
+	if s == nil {
+		return ""
+	}
+	return s.Host()
+}
+
+func tlsOf(s relay.Session) string {
+	if s == nil {
+		return ""
+	}
+	if t := s.TLS(); t != "" {
+		return t
+	}
+	return "none"
+}
+
+// statusOf is the enhanced status code of a reply, or def.
+func statusOf(r relay.Reply, def string) string {
+	if r.Enhanced != "" {
+		return r.Enhanced
+	}
+	if r.Code >= 400 && r.Code < 600 {
+		return strings.Replace(def, def[:1], string(rune('0'+r.Code/100)), 1)
+	}
+	return def
+}
+

@@ -1,0 +1,400 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"backupmx/internal/config"
+	"backupmx/internal/relay"
+	"backupmx/internal/store"
+	"backupmx/internal/store/embedded"
+)
+
+// fakeClock is a settable clock.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *fakeClock) Set(t time.Time) {
+	c.mu.Lock()
+	c.t = t
+	c.mu.Unlock()
+}
+
+// sent is one message a fake primary accepted.
+type sent struct {
+	domain, id, sender string
+	rcpts              []string
+	body               string
+}
+
+// fakeNet plays every primary and notice host: a domain is up or down, and a
+// recipient may be given a fixed reply.
+type fakeNet struct {
+	mu      sync.Mutex
+	up      map[string]bool
+	replies map[string]relay.Reply // recipient → reply instead of 250
+	got     []sent
+	probes  int
+}
+
+func newFakeNet() *fakeNet {
+	return &fakeNet{up: map[string]bool{}, replies: map[string]relay.Reply{}}
+}
+
+func (n *fakeNet) setUp(domain string, up bool) {
+	n.mu.Lock()
+	n.up[domain] = up
+	n.mu.Unlock()
+}
+
+func (n *fakeNet) received() []sent {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return append([]sent(nil), n.got...)
+}
+
+func (n *fakeNet) Dial(ctx context.Context, domain string) (relay.Session, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if !n.up[domain] {
+		return nil, errors.New("dial tcp 127.0.0.1:2526: connect: connection refused")
+	}
+	return &fakeSession{n: n, domain: domain}, nil
+}
+
+func (n *fakeNet) Probe(ctx context.Context, domain string) error {
+	n.mu.Lock()
+	n.probes++
+	n.mu.Unlock()
+	s, err := n.Dial(ctx, domain)
+	if err == nil {
+		s.Close()
+	}
+	return err
+}
+
+type fakeSession struct {
+	n      *fakeNet
+	domain string
+}
+
+func (s *fakeSession) Host() string { return "127.0.0.1:2526" }
+func (s *fakeSession) TLS() string  { return "" }
+func (s *fakeSession) Close() error { return nil }
+func (s *fakeSession) Send(ctx context.Context, d *store.Delivery, body io.Reader) (relay.Result, error) {
+	b, err := io.ReadAll(body)
+	if err != nil {
+		return relay.Result{}, err
+	}
+	s.n.mu.Lock()
+	defer s.n.mu.Unlock()
+	var res relay.Result
+	var ok []string
+	for _, r := range d.Recipients {
+		rep, has := s.n.replies[r.Addr]
+		switch {
+		case !has:
+			ok = append(ok, r.Addr)
+		case rep.Permanent():
+			res.Rejected = append(res.Rejected, relay.RcptStatus{Addr: r.Addr, Reply: rep})
+		default:
+			res.Deferred = append(res.Deferred, relay.RcptStatus{Addr: r.Addr, Reply: rep})
+		}
+	}
+	if len(ok) > 0 {
+		res.Accepted = ok
+		s.n.got = append(s.n.got, sent{domain: s.domain, id: d.ID, sender: d.Envelope.Sender, rcpts: ok, body: string(b)})
+	}
+	return res, nil
+}
+
+type harness struct {
+	t     *testing.T
+	clock *fakeClock
+	net   *fakeNet
+	st    store.Store
+	cfg   *config.Config
+	s     *Scheduler
+}
+
+var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+
+func newHarness(t *testing.T, extra string) *harness {
+	t.Helper()
+	cfg, err := config.Parse(`hostname = "mx-backup.test"
+[store]
+dir = "` + t.TempDir() + `"
+[queue]
+probe_interval = "50ms"
+` + extra + `
+[[domain]]
+name = "example.test"
+primary = ["127.0.0.1:2526"]
+[[domain]]
+name = "other.test"
+primary = ["127.0.0.1:2527"]
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := embedded.Open(cfg.Store.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	h := &harness{t: t, clock: &fakeClock{t: t0}, net: newFakeNet(), st: st, cfg: cfg}
+	h.s = &Scheduler{Store: st, Dialer: h.net, Config: cfg, Log: slog.New(slog.DiscardHandler), Now: h.clock.Now, Owner: "test"}
+	return h
+}
+
+// enqueue stores a message from sender to rcpts, received now.
+func (h *harness) enqueue(sender string, rcpts ...string) string {
+	h.t.Helper()
+	now := h.clock.Now()
+	env := &store.Envelope{ID: store.NewID(now), Sender: sender, Received: now, Domains: map[string][]store.Recipient{}}
+	for _, r := range rcpts {
+		d := r[strings.LastIndexByte(r, '@')+1:]
+		env.Domains[d] = append(env.Domains[d], store.Recipient{Addr: r})
+	}
+	body := fmt.Sprintf("Received: by test\r\nFrom: <%s>\r\nSubject: test %s\r\nMessage-ID: <%s@test>\r\n\r\nhello\r\n", sender, env.ID, env.ID)
+	if _, err := h.st.Enqueue(context.Background(), env, strings.NewReader(body)); err != nil {
+		h.t.Fatal(err)
+	}
+	return env.ID
+}
+
+func (h *harness) runDue() {
+	h.t.Helper()
+	if err := h.s.RunDue(context.Background()); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+func (h *harness) list(f store.Filter) []store.Delivery {
+	h.t.Helper()
+	ds, err := h.st.List(context.Background(), f, store.Page{Limit: 1000})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return ds
+}
+
+func TestNextAttemptPolicy(t *testing.T) {
+	iv := []time.Duration{10 * time.Minute, 10 * time.Minute, 10 * time.Minute, 10 * time.Minute, 10 * time.Minute, 10 * time.Minute, time.Hour}
+	exp := t0.Add(15 * 24 * time.Hour)
+	at := t0
+	var offsets []time.Duration
+	for n := 1; n <= 10; n++ {
+		at = NextAttempt(n, at, exp, iv)
+		offsets = append(offsets, at.Sub(t0))
+	}
+	want := []time.Duration{10, 20, 30, 40, 50, 60, 120, 180, 240, 300}
+	for i, w := range want {
+		if offsets[i] != w*time.Minute {
+			t.Fatalf("attempt %d: next at +%v, want +%vm (all: %v)", i+1, offsets[i], w, offsets)
+		}
+	}
+	if got := NextAttempt(7, exp.Add(-30*time.Minute), exp, iv); !got.Equal(exp) {
+		t.Fatalf("next attempt not capped at expiry: %v", got)
+	}
+}
+
+// TestRetryScheduleFakeClock: with the primary down, attempts happen at
+// 0, 10, 20, … 60 minutes, then hourly, and never between.
+func TestRetryScheduleFakeClock(t *testing.T) {
+	h := newHarness(t, "")
+	id := h.enqueue("alice@sender.test", "bob@example.test")
+	var attempts []time.Duration
+	last := 0
+	// Walk the clock minute by minute through 4 hours.
+	for m := 0; m <= 240; m++ {
+		h.clock.Set(t0.Add(time.Duration(m) * time.Minute))
+		h.runDue()
+		ds := h.list(store.Filter{ID: id})
+		if len(ds) != 1 {
+			t.Fatalf("minute %d: %d deliveries", m, len(ds))
+		}
+		if ds[0].Attempts != last {
+			if ds[0].Attempts != last+1 {
+				t.Fatalf("minute %d: attempts jumped from %d to %d", m, last, ds[0].Attempts)
+			}
+			last = ds[0].Attempts
+			attempts = append(attempts, time.Duration(m)*time.Minute)
+			if !strings.Contains(ds[0].LastError, "connection refused") {
+				t.Fatalf("last_error = %q", ds[0].LastError)
+			}
+		}
+	}
+	want := []time.Duration{0, 10, 20, 30, 40, 50, 60, 120, 180, 240}
+	if fmt.Sprint(attempts) != fmt.Sprint(scale(want, time.Minute)) {
+		t.Fatalf("attempts at %v, want %v", attempts, scale(want, time.Minute))
+	}
+}
+
+func scale(v []time.Duration, u time.Duration) []time.Duration {
+	out := make([]time.Duration, len(v))
+	for i := range v {
+		out[i] = v[i] * u
+	}
+	return out
+}
+
+// TestExpirySendsDSN: after the retention, the sender gets an RFC 3464 DSN
+// through the notices route and the message leaves the queue.
+func TestExpirySendsDSN(t *testing.T) {
+	h := newHarness(t, "")
+	id := h.enqueue("alice@sender.test", "bob@example.test", "carol@example.test")
+	h.runDue() // first attempt fails
+	h.clock.Set(t0.Add(15*24*time.Hour + time.Minute))
+	h.net.setUp("sender.test", true)
+	h.runDue() // last attempt fails → expired → DSN queued → DSN delivered
+	if ds := h.list(store.Filter{ID: id}); len(ds) != 0 {
+		t.Fatalf("expired message still queued: %+v", ds)
+	}
+	got := h.net.received()
+	if len(got) != 1 {
+		t.Fatalf("want 1 DSN, got %d messages", len(got))
+	}
+	m := got[0]
+	if m.domain != "sender.test" || m.sender != "" || m.rcpts[0] != "alice@sender.test" {
+		t.Fatalf("DSN envelope: domain %q sender %q rcpts %v", m.domain, m.sender, m.rcpts)
+	}
+	for _, want := range []string{"multipart/report", "report-type=delivery-status", "message/delivery-status",
+		"Action: failed", "Status: 4.4.7", "Final-Recipient: rfc822; bob@example.test",
+		"Final-Recipient: rfc822; carol@example.test", "Subject: test " + id} {
+		if !strings.Contains(m.body, want) {
+			t.Errorf("DSN lacks %q:\n%s", want, m.body)
+		}
+	}
+	if rest := h.list(store.Filter{}); len(rest) != 0 {
+		t.Fatalf("queue not empty: %+v", rest)
+	}
+}
+
+// TestExpiryNullSenderNoDSN: a bounce is never bounced.
+func TestExpiryNullSenderNoDSN(t *testing.T) {
+	h := newHarness(t, "")
+	h.enqueue("", "bob@example.test")
+	h.runDue()
+	h.clock.Set(t0.Add(16 * 24 * time.Hour))
+	h.runDue()
+	if rest := h.list(store.Filter{}); len(rest) != 0 {
+		t.Fatalf("queue not empty: %+v", rest)
+	}
+	if got := h.net.received(); len(got) != 0 {
+		t.Fatalf("DSN sent for a null sender: %+v", got)
+	}
+}
+
+// TestRecipientRejectedGetsDSN: 5xx for one recipient bounces that one only.
+func TestRecipientRejectedGetsDSN(t *testing.T) {
+	h := newHarness(t, "")
+	h.net.setUp("example.test", true)
+	h.net.setUp("sender.test", true)
+	h.net.replies["nobody@example.test"] = relay.Reply{Code: 550, Enhanced: "5.1.1", Text: "no such user"}
+	h.enqueue("alice@sender.test", "bob@example.test", "nobody@example.test")
+	h.runDue()
+	got := h.net.received()
+	if len(got) != 2 {
+		t.Fatalf("want the message and a DSN, got %d", len(got))
+	}
+	var dsnBody string
+	for _, g := range got {
+		if g.domain == "sender.test" {
+			dsnBody = g.body
+		} else if fmt.Sprint(g.rcpts) != "[bob@example.test]" {
+			t.Fatalf("delivered to %v", g.rcpts)
+		}
+	}
+	for _, want := range []string{"Final-Recipient: rfc822; nobody@example.test", "Status: 5.1.1", "no such user"} {
+		if !strings.Contains(dsnBody, want) {
+			t.Errorf("DSN lacks %q:\n%s", want, dsnBody)
+		}
+	}
+	if rest := h.list(store.Filter{}); len(rest) != 0 {
+		t.Fatalf("queue not empty: %+v", rest)
+	}
+}
+
+// TestTemporaryRecipientFailureDefers: 4xx for a recipient keeps it queued.
+func TestTemporaryRecipientFailureDefers(t *testing.T) {
+	h := newHarness(t, "")
+	h.net.setUp("example.test", true)
+	h.net.replies["full@example.test"] = relay.Reply{Code: 452, Enhanced: "4.2.2", Text: "mailbox full"}
+	id := h.enqueue("alice@sender.test", "bob@example.test", "full@example.test")
+	h.runDue()
+	ds := h.list(store.Filter{ID: id})
+	if len(ds) != 1 || len(ds[0].Recipients) != 1 || ds[0].Recipients[0].Addr != "full@example.test" {
+		t.Fatalf("want only full@ left, got %+v", ds)
+	}
+	if ds[0].Attempts != 1 || !ds[0].NextAttempt.Equal(t0.Add(10*time.Minute)) || !strings.Contains(ds[0].LastError, "mailbox full") {
+		t.Fatalf("bad schedule: attempts %d next %v err %q", ds[0].Attempts, ds[0].NextAttempt, ds[0].LastError)
+	}
+}
+
+// TestSuccessFlushesDomain: when a delivery to a domain succeeds, the mail
+// that was waiting for it goes at once, not at its scheduled time.
+func TestSuccessFlushesDomain(t *testing.T) {
+	h := newHarness(t, "")
+	var old []string
+	for range 5 {
+		old = append(old, h.enqueue("alice@sender.test", "bob@example.test"))
+	}
+	h.enqueue("alice@sender.test", "x@other.test") // another domain stays put
+	h.runDue()
+	h.clock.Set(t0.Add(3 * time.Minute))
+	h.net.setUp("example.test", true)
+	h.enqueue("alice@sender.test", "new@example.test")
+	h.runDue()
+	if got := len(h.net.received()); got != 6 {
+		t.Fatalf("delivered %d, want 6 (the new one and the 5 waiting)", got)
+	}
+	rest := h.list(store.Filter{})
+	if len(rest) != 1 || rest[0].Domain != "other.test" {
+		t.Fatalf("left: %+v", rest)
+	}
+}
+
+// TestProbeFlushes: Run probes a down primary and flushes it when it answers.
+func TestProbeFlushes(t *testing.T) {
+	h := newHarness(t, "")
+	h.s.Now = time.Now
+	h.clock.Set(time.Now())
+	for range 3 {
+		h.enqueue("alice@sender.test", "bob@example.test")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { h.s.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	waitFor(t, func() bool {
+		ds := h.list(store.Filter{})
+		return len(ds) == 3 && ds[0].Attempts == 1
+	})
+	h.net.setUp("example.test", true)
+	waitFor(t, func() bool { return len(h.list(store.Filter{})) == 0 })
+	if len(h.net.received()) != 3 {
+		t.Fatalf("delivered %d", len(h.net.received()))
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not reached in 10s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
