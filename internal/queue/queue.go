@@ -479,4 +479,3 @@ func statusOf(r relay.Reply, def string) string {
 	}
 	return def
 }
-
