@@ -55,6 +55,10 @@ const maxCommandLine = 4096
 // may be answered then, in order. That is why a batch stops before such a
 // command, and why it stops after DATA and STARTTLS: the next bytes are a body
 // or a handshake only if go-smtp's reply (354, 220), seen through Write, says so.
+//
+// Limit: after STARTTLS conn sees only ciphertext and passes it through, with
+// one deadline per read of max(CommandTimeout, DataTimeout); ETRN and the
+// source-route check then need a hook above TLS (left to the TLS work).
 type conn struct {
 	net.Conn
 	s  *Server

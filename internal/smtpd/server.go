@@ -67,7 +67,8 @@ type Server struct {
 	listeners []net.Listener
 	bound     []string // addresses ListenAndServe listens on
 	closing   bool
-	drained   chan struct{} // closed when closing and no connection is left
+	busy      int           // Data calls in progress
+	drained   chan struct{} // closed when closing and nothing is left
 	isDrained bool
 }
 
@@ -165,16 +166,18 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 }
 
-// Close stops accepting and closes every connection now. A message whose
-// Enqueue has not returned is not acknowledged; the sender retries.
+// Close stops accepting, closes every connection now and waits for the
+// Enqueue calls in progress to return (their bodies are cut, so they fail
+// fast). Those messages are not acknowledged; their senders retry.
 func (s *Server) Close() error {
-	s.stopListening()
+	drained := s.stopListening()
 	s.closeConns()
+	<-drained
 	return nil
 }
 
 // stopListening closes the listeners; the channel is closed once no
-// connection is left.
+// connection and no Data call is left.
 func (s *Server) stopListening() <-chan struct{} {
 	s.init()
 	s.mu.Lock()
@@ -187,11 +190,31 @@ func (s *Server) stopListening() <-chan struct{} {
 	if s.drained == nil {
 		s.drained = make(chan struct{})
 	}
-	if len(s.conns) == 0 && !s.isDrained {
+	s.checkDrained()
+	return s.drained
+}
+
+// checkDrained closes drained when closing and nothing is left; s.mu held.
+func (s *Server) checkDrained() {
+	if s.drained != nil && !s.isDrained && len(s.conns) == 0 && s.busy == 0 {
 		close(s.drained)
 		s.isDrained = true
 	}
-	return s.drained
+}
+
+// enter and leave bracket a Data call, which go-smtp runs on a goroutine of
+// its own for BDAT: it may outlive its connection.
+func (s *Server) enter() {
+	s.mu.Lock()
+	s.busy++
+	s.mu.Unlock()
+}
+
+func (s *Server) leave() {
+	s.mu.Lock()
+	s.busy--
+	s.checkDrained()
+	s.mu.Unlock()
 }
 
 // addrs returns the addresses ListenAndServe is listening on.
@@ -230,10 +253,7 @@ func (s *Server) untrack(c *conn) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.conns, c)
-	if len(s.conns) == 0 && s.drained != nil && !s.isDrained {
-		close(s.drained)
-		s.isDrained = true
-	}
+	s.checkDrained()
 }
 
 // listener wraps every accepted connection in a conn and enforces

@@ -171,6 +171,8 @@ func quoteLocal(s string) string {
 // Data streams the body, after our Received header, into the store and
 // answers 250 only once Enqueue has returned nil.
 func (x *session) Data(r io.Reader) error {
+	x.s.enter()
+	defer x.s.leave()
 	x.mu.Lock()
 	env := x.env
 	x.mu.Unlock()
