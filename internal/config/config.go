@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -16,6 +17,8 @@ import (
 
 	"github.com/BurntSushi/toml"
 	"golang.org/x/net/idna"
+
+	"backupmx/internal/dnsbl"
 )
 
 // Duration is a time.Duration written in Go syntax, with "d" for days ("15d", "1d12h").
@@ -68,6 +71,7 @@ type Config struct {
 	Queue    Queue     `toml:"queue"`
 	Admin    Admin     `toml:"admin"`
 	DNS      DNS       `toml:"dns"`
+	DNSBL    DNSBL     `toml:"dnsbl"`
 	Notices  Notices   `toml:"notices"`
 	Log      Log       `toml:"log"`
 	Domains  []*Domain `toml:"domain"`
@@ -84,6 +88,15 @@ type SMTP struct {
 	CommandTimeout Duration `toml:"command_timeout"`
 	DataTimeout    Duration `toml:"data_timeout"`
 	MaxConnections int      `toml:"max_connections"` // default 1000
+	// Abuse limits. For the keys where 0 means "off", Parse supplies the
+	// default before decoding, so an explicit 0 is kept.
+	MaxConnectionsPerIP int      `toml:"max_connections_per_ip"` // default 20 (IPv6: per /64)
+	ConnectionRatePerIP int      `toml:"connection_rate_per_ip"` // connections per minute; default 100, 0 = no limit
+	MaxBadCommands      int      `toml:"max_bad_commands"`       // error replies before 421; default 20
+	PregreetWait        Duration `toml:"pregreet_wait"`          // default 1s, "0s" = no pregreet test
+	// TrustedNetworks may use XFORWARD (CIDRs); none by default.
+	TrustedNetworks []string       `toml:"trusted_networks"`
+	Trusted         []netip.Prefix `toml:"-"`
 }
 
 // Store selects and configures the queue engine.
@@ -116,6 +129,22 @@ type DNS struct {
 	Resolver string `toml:"resolver"` // "host:port"; empty = system resolver
 }
 
+// DNSBL is the blocklist check of every client at the door.
+type DNSBL struct {
+	// Zones: "zone*weight", optionally "zone=answer;prefix*weight" (see
+	// dnsbl.ParseZone). Default zen.spamhaus.org*2, bl.spamcop.net*1,
+	// b.barracudacentral.org*1; an explicit [] turns the check off.
+	Zones     []string       `toml:"zones"`
+	Threshold int            `toml:"threshold"` // reject at this score; default 2
+	Allow     []string       `toml:"allow"`     // CIDRs or addresses never checked
+	Timeout   Duration       `toml:"timeout"`   // total budget per client; default 5s
+	Parsed    []dnsbl.Zone   `toml:"-"`
+	Allowed   []netip.Prefix `toml:"-"`
+}
+
+// DefaultDNSBLZones is the default of dnsbl.zones.
+var DefaultDNSBLZones = []string{"zen.spamhaus.org*2", "bl.spamcop.net*1", "b.barracudacentral.org*1"}
+
 // Notices says where DSNs go.
 type Notices struct {
 	Smarthost string `toml:"smarthost"` // "host:port"; empty = MX of the sender's domain
@@ -133,6 +162,14 @@ type Domain struct {
 	Name      string   `toml:"name"`
 	Primary   []string `toml:"primary"`   // host:port in preference order; empty = MX records
 	Retention Duration `toml:"retention"` // default queue.retention
+	// Recipient validation: a static list (local parts or addresses) and/or
+	// a file of them (one a line, reloaded on SIGHUP); verify = "primary"
+	// checks unlisted recipients against the primary (cached); unknown says
+	// what to do when neither can tell: "accept" (default) or "tempfail".
+	Recipients     []string `toml:"recipients"`
+	RecipientsFile string   `toml:"recipients_file"`
+	Verify         string   `toml:"verify"`
+	Unknown        string   `toml:"unknown"`
 }
 
 // Load reads and validates the file at path.
@@ -146,7 +183,12 @@ func Load(path string) (*Config, error) {
 
 // Parse decodes and validates a configuration text.
 func Parse(text string) (*Config, error) {
-	var c Config
+	// Defaults of keys whose zero value is meaningful ("off") are set before
+	// decoding, so that an explicit zero survives.
+	c := Config{
+		SMTP:  SMTP{PregreetWait: Duration(time.Second), ConnectionRatePerIP: 100},
+		DNSBL: DNSBL{Zones: append([]string(nil), DefaultDNSBLZones...), Threshold: 2},
+	}
 	md, err := toml.Decode(text, &c)
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
@@ -193,6 +235,44 @@ func (c *Config) Validate() error {
 	defInt(&c.SMTP.MaxConnections, 1000)
 	defDur(&c.SMTP.CommandTimeout, 5*time.Minute)
 	defDur(&c.SMTP.DataTimeout, 3*time.Minute)
+	defInt(&c.SMTP.MaxConnectionsPerIP, 20)
+	defInt(&c.SMTP.MaxBadCommands, 20)
+	for key, v := range map[string]int{"smtp.max_connections_per_ip": c.SMTP.MaxConnectionsPerIP,
+		"smtp.connection_rate_per_ip": c.SMTP.ConnectionRatePerIP, "smtp.max_bad_commands": c.SMTP.MaxBadCommands} {
+		if v < 0 {
+			bad(key, "must not be negative")
+		}
+	}
+	if c.SMTP.PregreetWait < 0 {
+		bad("smtp.pregreet_wait", "must not be negative")
+	}
+	c.SMTP.Trusted = nil
+	for _, n := range c.SMTP.TrustedNetworks {
+		p, err := parsePrefix(n)
+		if err != nil {
+			bad("smtp.trusted_networks", "%q is not an address or CIDR", n)
+		}
+		c.SMTP.Trusted = append(c.SMTP.Trusted, p)
+	}
+	c.DNSBL.Parsed, c.DNSBL.Allowed = nil, nil
+	for _, z := range c.DNSBL.Zones {
+		pz, err := dnsbl.ParseZone(z)
+		if err != nil {
+			bad("dnsbl.zones", "%v", err)
+		}
+		c.DNSBL.Parsed = append(c.DNSBL.Parsed, pz)
+	}
+	for _, n := range c.DNSBL.Allow {
+		p, err := parsePrefix(n)
+		if err != nil {
+			bad("dnsbl.allow", "%q is not an address or CIDR", n)
+		}
+		c.DNSBL.Allowed = append(c.DNSBL.Allowed, p)
+	}
+	if c.DNSBL.Threshold < 0 {
+		bad("dnsbl.threshold", "must not be negative")
+	}
+	defDur(&c.DNSBL.Timeout, 5*time.Second)
 
 	switch c.Store.Engine {
 	case "":
@@ -285,6 +365,18 @@ func (c *Config) Validate() error {
 			}
 		}
 		defDur(&d.Retention, c.Queue.Retention.D())
+		switch d.Verify {
+		case "", "primary":
+		default:
+			bad(key+".verify", "%q: want \"primary\" or nothing", d.Verify)
+		}
+		switch d.Unknown {
+		case "":
+			d.Unknown = "accept"
+		case "accept", "tempfail":
+		default:
+			bad(key+".unknown", "%q: want \"accept\" or \"tempfail\"", d.Unknown)
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -301,6 +393,18 @@ func NormalizeDomain(s string) (string, error) {
 		return "", err
 	}
 	return strings.ToLower(a), nil
+}
+
+// parsePrefix reads "192.0.2.0/24" or a single address.
+func parsePrefix(s string) (netip.Prefix, error) {
+	if p, err := netip.ParsePrefix(s); err == nil {
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	return netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), nil
 }
 
 func isLoopback(host string) bool {
