@@ -2,6 +2,7 @@ package smtpd
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -14,6 +15,8 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+
+	"backupmx/internal/dnsbl"
 )
 
 // Read modes: what the next client bytes are.
@@ -45,8 +48,12 @@ const maxCommandLine = 4096
 //   - Timeouts (RFC 5321 §4.5.3.2): every socket read gets a fresh deadline,
 //     CommandTimeout while waiting for a command, DataTimeout (an idle timeout)
 //     inside a DATA body or BDAT chunk.
-//   - Commands go-smtp has no hook for (ETRN, source-routed RCPT): conn answers
-//     them itself and never passes them on.
+//   - Commands go-smtp has no hook for (ETRN, source-routed RCPT, XCLIENT,
+//     XFORWARD, MAIL before HELO/EHLO): conn answers them itself and never
+//     passes them on.
+//   - The door's session-wide rules: the pregreet test (the greeting is held
+//     back Config.SMTP.PregreetWait; a client that talks first is refused),
+//     and the bad-command limit (after MaxBadCommands error replies, 421).
 //
 // Reply order under PIPELINING (RFC 2920) rests on one fact: conn hands
 // go-smtp whole command lines only, and go-smtp answers each command before it
@@ -75,12 +82,19 @@ type conn struct {
 	rerr    error  // sticky socket read error
 	aborted bool   // a body or chunk was cut short (see midMessage)
 
-	esmtp atomic.Bool // the last greeting was EHLO
-	raw   atomic.Bool // stop watching replies (TLS ciphertext)
+	helo    bool        // a HELO or EHLO was handed to go-smtp
+	esmtp   atomic.Bool // the last greeting was EHLO
+	raw     atomic.Bool // stop watching replies (TLS ciphertext)
+	dead    atomic.Bool // refused: every read is io.EOF
+	errs    atomic.Int32
+	greeted bool // the 220 went out (or was replaced); under wmu
 
 	wmu      sync.Mutex
 	wline    []byte // an unfinished reply line
 	lastCode int    // code of the last final reply line written
+
+	blDone chan struct{} // closed when bl is set; nil: no DNSBL check
+	bl     dnsbl.Verdict
 
 	nameOnce sync.Once
 	nameDone chan struct{}
@@ -96,6 +110,9 @@ func newConn(nc net.Conn, s *Server) *conn {
 
 // Read hands go-smtp the next measured batch of client bytes.
 func (c *conn) Read(p []byte) (int, error) {
+	if c.dead.Load() {
+		return 0, io.EOF
+	}
 	for c.fwd == 0 {
 		if err := c.plan(); err != nil {
 			return 0, err
@@ -165,6 +182,9 @@ func (c *conn) planCommands() error {
 	// Everything handed over has been answered (see the type doc): answer
 	// our own commands at the head of the buffer now.
 	for {
+		if c.tooManyErrors() {
+			return io.EOF
+		}
 		i := bytes.IndexByte(c.buf, '\n')
 		if i < 0 {
 			if len(c.buf) > maxCommandLine {
@@ -178,7 +198,7 @@ func (c *conn) planCommands() error {
 			break
 		}
 		c.buf = c.buf[i+1:]
-		c.reply(c.s.answer(c.ip, cmd, arg))
+		c.reply(c.answer(cmd, arg))
 	}
 	// Hand over this line and the ones after it, up to one of ours or a
 	// command after which the client may stop sending commands.
@@ -196,8 +216,10 @@ func (c *conn) planCommands() error {
 		switch cmd {
 		case "EHLO":
 			c.esmtp.Store(true)
+			c.helo = true
 		case "HELO":
 			c.esmtp.Store(false)
+			c.helo = true
 		case "DATA", "STARTTLS":
 			c.await = cmd
 			c.fwd = off
@@ -216,7 +238,52 @@ func (c *conn) planCommands() error {
 
 // ours reports the commands conn answers instead of go-smtp.
 func (c *conn) ours(cmd, arg string) bool {
-	return cmd == "ETRN" || cmd == "RCPT" && sourceRouted(arg)
+	switch cmd {
+	case "ETRN", "XCLIENT", "XFORWARD":
+		return true
+	case "MAIL":
+		return !c.helo
+	case "RCPT":
+		return sourceRouted(arg)
+	}
+	return false
+}
+
+// answer produces the reply to one of our commands (see ours).
+func (c *conn) answer(cmd, arg string) string {
+	switch cmd {
+	case "ETRN":
+		return c.s.etrn(c.ip, arg)
+	case "XCLIENT", "XFORWARD":
+		// Postfix's reply. Not implemented even for trusted_networks: a
+		// trusted client gets 502, which it treats as "not offered".
+		if c.s.trusted(c.ip) {
+			return "502 5.5.1 " + cmd + " not implemented"
+		}
+		reply := "550 5.7.0 Error: insufficient authorization"
+		c.s.rejected(c.ip, strings.ToLower(cmd), reply)
+		return reply
+	case "MAIL":
+		reply := "503 5.5.1 Error: send HELO/EHLO first"
+		c.s.rejected(c.ip, "helo_required", reply)
+		return reply
+	}
+	reply := "550 5.7.1 Source routes are not accepted: relaying denied"
+	c.s.rejected(c.ip, "source_route", reply, "rcpt", arg)
+	return reply
+}
+
+// tooManyErrors ends a session that collected Config.SMTP.MaxBadCommands
+// error replies: 421 (RFC 5321 §3.8), then every read is EOF.
+func (c *conn) tooManyErrors() bool {
+	if int(c.errs.Load()) < c.s.Config.SMTP.MaxBadCommands {
+		return false
+	}
+	reply := fmt.Sprintf("421 4.7.0 %s Too many errors, closing connection", c.s.Config.Hostname)
+	c.s.rejected(c.ip, "max_bad_commands", reply)
+	c.reply(reply)
+	c.dead.Store(true)
+	return true
 }
 
 // scanData finds the end of a DATA body in buf: the bytes up to and including
@@ -309,12 +376,21 @@ func (c *conn) reply(line string) {
 	c.Write([]byte(line + "\r\n"))
 }
 
-// Write passes go-smtp's replies on, noting the code of each final reply line.
+// Write passes go-smtp's replies on, noting the code of each final reply
+// line. The first is the greeting, held back for the pregreet test.
 func (c *conn) Write(p []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	if c.raw.Load() {
 		return c.Conn.Write(p)
+	}
+	if !c.greeted {
+		c.greeted = true
+		if refusal := c.pregreet(); refusal != "" {
+			c.dead.Store(true)
+			c.Conn.Write([]byte(refusal + "\r\n"))
+			return len(p), nil
+		}
 	}
 	c.observe(p)
 	if q, ok := c.greetingReply(p); ok {
@@ -355,9 +431,68 @@ func (c *conn) observe(p []byte) {
 		if len(line) >= 3 && (len(line) == 3 || line[3] == ' ' || line[3] == '\r') {
 			if code, err := strconv.Atoi(string(line[:3])); err == nil {
 				c.lastCode = code
+				if code >= 400 && code != 421 {
+					c.errs.Add(1)
+				}
+				if bytes.HasPrefix(line, []byte("452 4.5.3")) { // go-smtp's RCPT limit
+					c.s.rejected(c.ip, "max_recipients", strings.TrimRight(string(line), "\r"))
+				}
 			}
 		}
 	}
+}
+
+// pregreet holds the greeting back for Config.SMTP.PregreetWait (RFC 5321
+// §4.3.1: the client waits for the greeting): a client that talks during the
+// wait is refused with 554 5.5.1 (postscreen's pregreet test), its bytes
+// never reach go-smtp. A client that passed is not tested again for a day.
+// Runs on go-smtp's goroutine for this connection, before the first Read.
+func (c *conn) pregreet() string {
+	wait := c.s.Config.SMTP.PregreetWait.D()
+	now := c.s.now()
+	if wait <= 0 || c.s.pregreetDone(c.ip, now) {
+		return ""
+	}
+	c.Conn.SetReadDeadline(time.Now().Add(wait))
+	n, err := c.Conn.Read(c.base[:cap(c.base)])
+	c.Conn.SetReadDeadline(time.Time{})
+	var ne net.Error
+	switch {
+	case n > 0:
+		reply := fmt.Sprintf("554 5.5.1 %s Protocol error: talking before the greeting", c.s.Config.Hostname)
+		c.s.rejected(c.ip, "pregreet", reply, "bytes", n)
+		return reply
+	case errors.As(err, &ne) && ne.Timeout():
+		c.s.pregreetPassed(c.ip, now)
+	case err != nil:
+		c.rerr = err // gone: go-smtp finds out at its first read
+	}
+	return ""
+}
+
+// startDNSBL looks the client up in the blocklists, in the background,
+// from the moment it connects; blocklist waits for the verdict.
+func (c *conn) startDNSBL() {
+	if c.s.DNSBL == nil {
+		return
+	}
+	c.blDone = make(chan struct{})
+	go func() {
+		defer close(c.blDone)
+		c.bl = c.s.DNSBL.Check(context.Background(), c.ip)
+		if len(c.bl.Failed) > 0 {
+			c.s.stats().Add("dnsbl_error")
+			c.s.log().Warn("dnsbl lookup failed, not counted", "client", c.ip.String(), "zones", c.bl.Failed)
+		}
+	}()
+}
+
+func (c *conn) blocklist() dnsbl.Verdict {
+	if c.blDone == nil {
+		return dnsbl.Verdict{}
+	}
+	<-c.blDone
+	return c.bl
 }
 
 // Close closes the socket once and forgets the connection.

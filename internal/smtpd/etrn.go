@@ -9,16 +9,6 @@ import (
 	"backupmx/internal/config"
 )
 
-// answer produces the reply to a command conn answers itself (see conn.ours).
-func (s *Server) answer(ip netip.Addr, cmd, arg string) string {
-	if cmd == "ETRN" {
-		return s.etrn(ip, arg)
-	}
-	reply := "550 5.7.1 Source routes are not accepted: relaying denied"
-	s.log().Info("rejected", "client", ip.String(), "rule", "source_route", "rcpt", arg, "reply", reply)
-	return reply
-}
-
 // etrn answers ETRN (RFC 1985): a primary asks us to flush its domain now.
 //
 // Only a domain we serve, and only from one of that domain's primary
@@ -29,6 +19,10 @@ func (s *Server) answer(ip netip.Addr, cmd, arg string) string {
 // no mail); 501 syntax, including "#queue" names, which we do not have.
 func (s *Server) etrn(ip netip.Addr, arg string) string {
 	reply := s.etrnReply(ip, arg)
+	if strings.HasPrefix(reply, "459") {
+		s.rejected(ip, "etrn_unauthorized", reply, "node", arg)
+		return reply
+	}
 	s.log().Info("etrn", "client", ip.String(), "node", arg, "reply", reply)
 	return reply
 }
@@ -153,4 +147,14 @@ func (s *Server) verifiedName(ip netip.Addr) string {
 		}
 	}
 	return ""
+}
+
+// trusted reports a client in Config.SMTP.Trusted (trusted_networks).
+func (s *Server) trusted(ip netip.Addr) bool {
+	for _, p := range s.Config.SMTP.Trusted {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
 }

@@ -95,6 +95,9 @@ max_message_size = 2000
 max_recipients = 5
 command_timeout = "5s"
 data_timeout = "2s"
+pregreet_wait = "0s"
+[dnsbl]
+zones = [] # tests that need blocklists use dnstest
 [[domain]]
 name = "example.test"
 primary = ["127.0.0.1:2525"]

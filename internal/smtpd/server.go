@@ -30,6 +30,8 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"backupmx/internal/config"
+	"backupmx/internal/dnsbl"
+	"backupmx/internal/recipients"
 	"backupmx/internal/store"
 )
 
@@ -59,6 +61,14 @@ type Server struct {
 	// ETRN flushes a domain; called for an authorised ETRN (RFC 1985). Optional:
 	// without it ETRN answers 458.
 	ETRN func(domain string) error
+	// DNSBL scores each client at connect; a listed client is refused at
+	// MAIL. Optional: nil checks nothing.
+	DNSBL *dnsbl.Checker
+	// Recipients validates RCPT addresses of our domains. Optional: nil
+	// accepts every address of a configured domain.
+	Recipients *recipients.Validator
+	// Stats counts rejections per rule; nil: the server keeps its own.
+	Stats *Stats
 
 	once      sync.Once
 	smtp      *smtp.Server
@@ -70,6 +80,8 @@ type Server struct {
 	busy      int           // Data calls in progress
 	drained   chan struct{} // closed when closing and nothing is left
 	isDrained bool
+	lim       limits // per-client connection state, under mu
+	ownStats  Stats
 }
 
 func (s *Server) init() {
@@ -236,28 +248,33 @@ func (s *Server) closeConns() {
 	}
 }
 
-// track registers a new connection; false when Config.SMTP.MaxConnections
-// are already open.
-func (s *Server) track(nc net.Conn) (*conn, bool) {
+// track registers a new connection, or returns the rule and reply that
+// refuse it (the connection limits, see limits.go).
+func (s *Server) track(nc net.Conn) (c *conn, rule, reply string) {
+	ip := remoteIP(nc.RemoteAddr())
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closing || len(s.conns) >= s.Config.SMTP.MaxConnections {
-		return nil, false
+	if s.closing {
+		return nil, "shutdown", fmt.Sprintf("421 4.3.2 %s Shutting down, try again later", s.Config.Hostname)
 	}
-	c := newConn(nc, s)
+	if rule, reply := s.admit(ip, s.now()); rule != "" {
+		return nil, rule, reply
+	}
+	c = newConn(nc, s)
 	s.conns[c] = struct{}{}
-	return c, true
+	return c, "", ""
 }
 
 func (s *Server) untrack(c *conn) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.conns, c)
+	s.release(c.ip)
 	s.checkDrained()
 }
 
-// listener wraps every accepted connection in a conn and enforces
-// Config.SMTP.MaxConnections.
+// listener wraps every accepted connection in a conn, enforces the
+// connection limits and starts the client's DNSBL lookup.
 type listener struct {
 	net.Listener
 	s *Server
@@ -269,23 +286,30 @@ func (l *listener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		c, ok := l.s.track(nc)
-		if !ok {
-			go l.s.refuse(nc)
+		c, rule, reply := l.s.track(nc)
+		if c == nil {
+			go l.s.refuse(nc, rule, reply)
 			continue
 		}
 		l.s.log().Info("connection", "client", c.ip.String())
+		c.startDNSBL()
 		return c, nil
 	}
 }
 
-// refuse answers a connection over the limit with 421 (RFC 5321 §3.8) and closes it.
-func (s *Server) refuse(nc net.Conn) {
+// refuse answers a connection over a limit with 421 (RFC 5321 §3.8) and closes it.
+func (s *Server) refuse(nc net.Conn, rule, reply string) {
 	defer nc.Close()
-	reply := fmt.Sprintf("421 4.7.0 %s Too many connections, try again later", s.Config.Hostname)
-	s.log().Warn("rejected", "client", remoteIP(nc.RemoteAddr()).String(), "rule", "max_connections", "reply", reply)
+	s.rejected(remoteIP(nc.RemoteAddr()), rule, reply)
 	nc.SetWriteDeadline(time.Now().Add(10 * time.Second))
 	fmt.Fprintf(nc, "%s\r\n", reply)
+}
+
+func (s *Server) stats() *Stats {
+	if s.Stats == nil {
+		return &s.ownStats
+	}
+	return s.Stats
 }
 
 func (s *Server) log() *slog.Logger {

@@ -13,6 +13,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"backupmx/internal/config"
+	"backupmx/internal/recipients"
 	"backupmx/internal/store"
 )
 
@@ -49,8 +50,16 @@ func (s *Server) newSession(sc *smtp.Conn) (smtp.Session, error) {
 	return &session{s: s, sc: sc, c: c}, nil
 }
 
-// Mail opens a transaction and picks its queue id.
+// Mail opens a transaction and picks its queue id, unless the client is on
+// the blocklists (looked up since it connected): then 554 5.7.1 naming the
+// zones, so a listed client never gets to RCPT or DATA.
 func (x *session) Mail(from string, opts *smtp.MailOptions) error {
+	if v := x.c.blocklist(); v.Reject {
+		e := reply(554, smtp.EnhancedCode{5, 7, 1}, fmt.Sprintf("Service unavailable; client %s blocked using %s",
+			addrLiteral(x.c.ip), strings.Join(v.Listed, ", ")))
+		x.s.rejected(x.c.ip, "dnsbl", replyText(e), "sender", from, "score", v.Score)
+		return e
+	}
 	proto := "SMTP"
 	if x.c.esmtp.Load() {
 		proto = "ESMTP"
@@ -89,9 +98,11 @@ func (x *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 		return reply(503, smtp.EnhancedCode{5, 5, 1}, "MAIL first")
 	}
 	addr, domain, rule, err := x.s.recipient(to)
+	if err == nil {
+		rule, err = x.s.validate(addr, domain)
+	}
 	if err != nil {
-		x.s.log().Info("rejected", "id", env.ID, "client", env.Client.Addr, "rule", rule,
-			"sender", env.Sender, "rcpt", to, "reply", replyText(err))
+		x.s.rejected(x.c.ip, rule, replyText(err), "id", env.ID, "sender", env.Sender, "rcpt", to)
 		return err
 	}
 	r := store.Recipient{Addr: addr}
@@ -126,6 +137,29 @@ func (s *Server) recipient(to string) (addr, domain, rule string, err *smtp.SMTP
 		return "", "", "relay", reply(550, smtp.EnhancedCode{5, 7, 1}, "<"+to+">: relaying denied")
 	}
 	return local + "@" + domain, domain, "", nil
+}
+
+// validate asks the recipient validator about an address of one of our
+// domains: 550 5.1.1 for an unknown user, 450 4.1.1 when it cannot tell and
+// the domain says tempfail.
+func (s *Server) validate(addr, domain string) (rule string, err *smtp.SMTPError) {
+	if s.Recipients == nil {
+		return "", nil
+	}
+	local := addr[:len(addr)-len(domain)-1]
+	ctx, cancel := context.WithTimeout(context.Background(), lookupTimeout+s.Config.SMTP.CommandTimeout.D()/2)
+	defer cancel()
+	v, how := s.Recipients.Check(ctx, local, domain)
+	switch v {
+	case recipients.Unknown:
+		return "unknown_recipient", reply(550, smtp.EnhancedCode{5, 1, 1}, "<"+addr+">: Recipient address rejected: User unknown")
+	case recipients.TempFail:
+		return "unverified_recipient", reply(450, smtp.EnhancedCode{4, 1, 1}, "<"+addr+">: Recipient address rejected: unverified address, try again later")
+	}
+	if how == "unknown-policy" {
+		s.log().Info("recipient accepted unverified", "rcpt", addr)
+	}
+	return "", nil
 }
 
 // parseRecipient splits an address as go-smtp parsed it from RCPT TO (source
@@ -191,7 +225,7 @@ func (x *session) Data(r io.Reader) error {
 	log := x.s.log().With("id", env.ID, "client", env.Client.Addr)
 	if body.err != nil {
 		rule, e := bodyError(body.err, x.s.Config.SMTP.MaxMessageSize)
-		log.Info("rejected", "rule", rule, "sender", env.Sender, "error", body.err, "reply", replyText(e))
+		x.s.rejected(x.c.ip, rule, replyText(e), "id", env.ID, "sender", env.Sender, "error", body.err)
 		return e
 	}
 	if err != nil {

@@ -36,7 +36,7 @@ func TestRefusals(t *testing.T) {
 		steps []step
 	}{
 		{"rcpt before mail", []step{cmd("EHLO c.test", "250"), cmd("RCPT TO:<u@example.test>", "502 5.5.1")}},
-		{"mail before helo", []step{cmd("MAIL FROM:<s@x.test>", "502 5.5.1")}},
+		{"mail before helo", []step{cmd("MAIL FROM:<s@x.test>", "503 5.5.1")}},
 		{"data without rcpt", []step{cmd("EHLO c.test", "250"), cmd("MAIL FROM:<s@x.test>", "250"), cmd("DATA", "502 5.5.1")}},
 		{"unconfigured domain", append(transaction("s@x.test"), cmd("RCPT TO:<u@other.test>", "550 5.7.1"))},
 		{"subdomain of ours", append(transaction("s@x.test"), cmd("RCPT TO:<u@sub.example.test>", "550 5.7.1"))},
