@@ -524,12 +524,16 @@ func (c *conn) startLookup() {
 }
 
 // parseCmd splits a command line the way go-smtp does (conn must agree with it
-// on what each line is).
+// on what each line is), plus the XCLIENT and XFORWARD lines conn answers.
 func parseCmd(line []byte) (cmd, arg string) {
 	s := strings.TrimRight(string(line), "\r\n")
 	switch {
 	case len(s) >= 8 && strings.EqualFold(s[:8], "STARTTLS"):
 		return "STARTTLS", ""
+	case len(s) >= 7 && strings.EqualFold(s[:7], "XCLIENT"), len(s) >= 8 && strings.EqualFold(s[:8], "XFORWARD"):
+		// go-smtp has no such commands (it answers 501); conn refuses them.
+		cmd, arg, _ := strings.Cut(s, " ")
+		return strings.ToUpper(cmd), strings.TrimSpace(arg)
 	case len(s) == 4:
 		return strings.ToUpper(s), ""
 	case len(s) > 5 && s[4] == ' ':

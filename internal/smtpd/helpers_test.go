@@ -130,6 +130,13 @@ func (ts *testServer) kicks() ([][]string, []string) {
 // newTestServer serves baseConfig, changed by each edit, on a loopback port.
 func newTestServer(t *testing.T, edits ...func(*config.Config)) *testServer {
 	t.Helper()
+	return buildTestServer(t, edits...).start(t)
+}
+
+// buildTestServer is newTestServer without the start, for tests that set
+// more Server fields first.
+func buildTestServer(t *testing.T, edits ...func(*config.Config)) *testServer {
+	t.Helper()
 	cfg, err := config.Parse(baseConfig)
 	if err != nil {
 		t.Fatal(err)
@@ -168,6 +175,11 @@ func newTestServer(t *testing.T, edits ...func(*config.Config)) *testServer {
 			return nil
 		},
 	}
+	return ts
+}
+
+func (ts *testServer) start(t *testing.T) *testServer {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
