@@ -94,6 +94,9 @@ type Server struct {
 	Log   *slog.Logger     // nil: discard
 	Now   func() time.Time // nil: time.Now
 	Kick  func()           // wakes the scheduler after flush and release; may be nil
+	// Stats returns the door's counters (rejections per rule, dnsbl_error);
+	// nil: GET /v1/stats answers an empty set.
+	Stats func() map[string]uint64
 }
 
 // Handler returns the API's routes behind the authentication check.
@@ -107,6 +110,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/flush", s.flush)
 	mux.HandleFunc("POST /v1/hold", s.hold)
 	mux.HandleFunc("POST /v1/release", s.release)
+	mux.HandleFunc("GET /v1/stats", s.stats)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, pattern := mux.Handler(r)
 		if pattern != "GET /v1/health" && !s.authorized(r) {
@@ -135,6 +139,16 @@ func (s *Server) authorized(r *http.Request) bool {
 
 func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
+}
+
+// stats answers {"counters": {"rule": n, …}}: the door's rejections per
+// rule since the server started.
+func (s *Server) stats(w http.ResponseWriter, r *http.Request) {
+	counters := map[string]uint64{}
+	if s.Stats != nil {
+		counters = s.Stats()
+	}
+	writeJSON(w, http.StatusOK, map[string]map[string]uint64{"counters": counters})
 }
 
 func (s *Server) list(w http.ResponseWriter, r *http.Request) {
