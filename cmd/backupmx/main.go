@@ -23,8 +23,10 @@ import (
 
 	"backupmx/internal/admin"
 	"backupmx/internal/config"
+	"backupmx/internal/dnsbl"
 	"backupmx/internal/dnsres"
 	"backupmx/internal/queue"
+	"backupmx/internal/recipients"
 	"backupmx/internal/relay"
 	"backupmx/internal/smtpd"
 	"backupmx/internal/store"
@@ -135,12 +137,21 @@ func serveConfig(cfg *config.Config, log *slog.Logger) error {
 		Resolver: resolver,
 	}
 	sched := &queue.Scheduler{Store: st, Dialer: rc, Config: cfg, Log: log, Owner: cfg.Node}
+	door, err := newDoor(cfg, resolver)
+	if err != nil {
+		return err
+	}
+	stopHUP := reloadOnHUP(door.rcpts, log)
+	defer stopHUP()
 	srv := &smtpd.Server{
-		Config:   cfg,
-		Store:    st,
-		Log:      log,
-		Resolver: resolver,
-		Queued:   func([]string) { sched.Kick() },
+		DNSBL:      door.dnsbl,
+		Recipients: door.rcpts,
+		Stats:      door.stats,
+		Config:     cfg,
+		Store:      st,
+		Log:        log,
+		Resolver:   resolver,
+		Queued:     func([]string) { sched.Kick() },
 		ETRN: func(domain string) error {
 			return sched.FlushDomain(ctx, domain, "ETRN")
 		},
@@ -159,7 +170,7 @@ func serveConfig(cfg *config.Config, log *slog.Logger) error {
 	}
 	var adminSrv *http.Server
 	if cfg.Admin.Listen != "" {
-		a := &admin.Server{Store: st, Token: cfg.Admin.Token, Log: log, Kick: sched.Kick}
+		a := &admin.Server{Store: st, Token: cfg.Admin.Token, Log: log, Kick: sched.Kick, Stats: door.stats.Snapshot}
 		l, err := net.Listen("tcp", cfg.Admin.Listen)
 		if err != nil {
 			return fmt.Errorf("admin listener: %w", err)
@@ -192,4 +203,59 @@ func serveConfig(cfg *config.Config, log *slog.Logger) error {
 	stopSched()
 	wg.Wait()
 	return nil
+}
+
+// door is the policy the SMTP server applies besides the relay rules.
+type door struct {
+	dnsbl *dnsbl.Checker // nil when dnsbl.zones is empty
+	rcpts *recipients.Validator
+	stats *smtpd.Stats
+}
+
+// newDoor builds the DNSBL checker (queries go to dns.resolver, like every
+// other lookup) and the recipient validator (callouts use the same resolver
+// for MX hosts).
+func newDoor(cfg *config.Config, resolver *net.Resolver) (*door, error) {
+	d := &door{stats: &smtpd.Stats{}}
+	if len(cfg.DNSBL.Parsed) > 0 {
+		r, err := dnsbl.NewDNS(cfg.DNS.Resolver)
+		if err != nil {
+			return nil, err
+		}
+		d.dnsbl = &dnsbl.Checker{Zones: cfg.DNSBL.Parsed, Threshold: cfg.DNSBL.Threshold,
+			Allow: cfg.DNSBL.Allowed, Resolver: r, Budget: cfg.DNSBL.Timeout.D()}
+	}
+	callout := &recipients.SMTPCallout{Config: cfg, Resolver: resolver, Timeout: cfg.Queue.ConnectTimeout.D()}
+	v, err := recipients.New(cfg, callout, nil, 0)
+	if err != nil {
+		return nil, err // an unreadable recipients_file at start is fatal
+	}
+	d.rcpts = v
+	return d, nil
+}
+
+// reloadOnHUP re-reads the recipients files on SIGHUP; a file that fails
+// keeps its previous list (logged).
+func reloadOnHUP(v *recipients.Validator, log *slog.Logger) (stop func()) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-hup:
+				if err := v.Reload(); err != nil {
+					log.Error("recipients reload failed, previous lists kept", "err", err)
+					continue
+				}
+				log.Info("recipients reloaded")
+			case <-done:
+				return
+			}
+		}
+	}()
+	return func() {
+		signal.Stop(hup)
+		close(done)
+	}
 }
