@@ -42,6 +42,8 @@ const Hostname = "mx-backup.e2e.test"
 // binPath is the backupmx binary built once by TestMain.
 var binPath string
 
+// TestMain builds the binary from this checkout, or takes the one named by
+// $E2E_BACKUPMX_BIN.
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "backupmx-e2e-")
 	if err != nil {
@@ -49,11 +51,15 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	binPath = filepath.Join(dir, "backupmx")
-	build := exec.Command("go", "build", "-o", binPath, "backupmx/cmd/backupmx")
-	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "e2e: go build ./cmd/backupmx failed: %v\n%s", err, out)
-		os.RemoveAll(dir)
-		os.Exit(1)
+	if bin := os.Getenv("E2E_BACKUPMX_BIN"); bin != "" {
+		binPath = bin // a binary built elsewhere (a release, another checkout)
+	} else {
+		build := exec.Command("go", "build", "-o", binPath, "backupmx/cmd/backupmx")
+		if out, err := build.CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "e2e: go build ./cmd/backupmx failed: %v\n%s", err, out)
+			os.RemoveAll(dir)
+			os.Exit(1)
+		}
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
@@ -422,6 +428,13 @@ func NewPrimary(t testing.TB) *Primary {
 	p := &Primary{t: t, Addr: FreeAddr(t), arrived: make(chan struct{})}
 	t.Cleanup(p.Stop)
 	return p
+}
+
+// Port returns the primary's port.
+func (p *Primary) Port() int {
+	_, port, _ := net.SplitHostPort(p.Addr)
+	n, _ := strconv.Atoi(port)
+	return n
 }
 
 // StartPrimary returns a running primary.
