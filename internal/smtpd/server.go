@@ -10,13 +10,11 @@
 //     (552 5.3.4) and syntax.
 //   - A message is never held whole in memory: the body streams from the
 //     socket through store.Enqueue, after our Received header.
-//
-// //   - Every refusal goes through Server.rejected: one log line with the
-//
-//	  client, the rule and the reply, and one count for the rule in Stats.
-//	- A client the blocklists reject never gets past MAIL; a recipient is
-//	  accepted only for a configured domain and, when the domain validates
-//	  recipients, only if the validator says so (a doubt is never a 5xx).
+//   - Every refusal goes through Server.rejected: one log line with the
+//     client, the rule and the reply, and one count for the rule in Stats.
+//   - A client the blocklists reject never gets past MAIL; a recipient is
+//     accepted only for a configured domain and, when the domain validates
+//     recipients, only if the validator says so (a doubt is never a 5xx).
 //
 // The protocol engine is github.com/emersion/go-smtp. What it lacks lives in a
 // net.Conn wrapper (conn.go) that every accepted connection goes through:
