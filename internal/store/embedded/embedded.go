@@ -21,7 +21,15 @@
 // WAL fsyncs, and each gets its own error. Claim runs in that writer too, so
 // claims are atomic with respect to each other. Reads use a separate
 // read-only connection pool. Leases left from a previous run are released at
-// Open (one node owns the directory); their fencing tokens are kept.
+// Open (one node owns the directory, enforced with flock); their fencing
+// tokens are kept, so tokens increase across restarts.
+//
+// Lease times are the callers' now. Renew needs a lease that is still live at
+// now; Complete and More only need the token to be current (nobody claimed the
+// domain since): the fencing token, not the clock, guards the outcome write.
+//
+// Limits: Claim, More and List take at most 1000 rows (100 when limit <= 0).
+// The List cursor is Cursor(last delivery), i.e. "<id> <domain>".
 package embedded
 
 import (
