@@ -190,12 +190,15 @@ func TestPostfixSendsToUs(t *testing.T) {
 // delivery). Mail queued while it is down arrives once it is up, unchanged
 // apart from the trace headers; a recipient Postfix does not know (550 5.1.1
 // at RCPT) gets its sender a DSN through notices.smarthost, while the other
-// recipients of the same message are delivered.
+// recipients of the same message are delivered; a recipient Postfix defers
+// (450 at RCPT) stays queued, with no DSN and no effect on the others.
 func TestPostfixAsPrimary(t *testing.T) {
 	requirePostfix(t)
 	uid, gid := postfixUIDs(t)
-	pf := newPostfix(t, "primary", virtualPrimaryCF(uid, gid, pfDomain, "u1", "u2"), "") // down
-	senderMX := StartPrimary(t)                                                          // the sender's side: DSNs land here
+	cf := virtualPrimaryCF(uid, gid, pfDomain, "u1", "u2", "busy")
+	cf["smtpd_recipient_restrictions"] = "check_recipient_access inline:{ { busy@" + pfDomain + " = 450 4.2.1 mailbox busy, try later } }"
+	pf := newPostfix(t, "primary", cf, "") // down
+	senderMX := StartPrimary(t)            // the sender's side: DSNs land here
 	srv := NewServer(t, Options{
 		Domains:   []Domain{{Name: pfDomain, Primary: []string{pf.Addr}}},
 		Smarthost: senderMX.Addr,
@@ -221,7 +224,8 @@ func TestPostfixAsPrimary(t *testing.T) {
 	}
 	send(10, "u1@"+pfDomain, "nobody@"+pfDomain) // half known
 	send(11, "nobody@"+pfDomain)                 // unknown only
-	srv.WaitQueueLen(12, 10*time.Second)
+	send(12, "busy@"+pfDomain)                   // deferred by Postfix
+	srv.WaitQueueLen(13, 10*time.Second)
 	if pf.LogLines("connect from") != nil {
 		t.Fatal("Postfix saw a connection before it was started")
 	}
@@ -293,7 +297,18 @@ func TestPostfixAsPrimary(t *testing.T) {
 			t.Errorf("DSN names the delivered recipient u1:\n%s", body)
 		}
 	}
-	srv.WaitQueueLen(0, 10*time.Second)
+	// Only busy@ is left, deferred with Postfix's reply.
+	items := srv.WaitQueueLen(1, 10*time.Second)
+	if it := items[0]; it.ID != sent["pf-12@sender.test"].qid || it.Attempts < 1 ||
+		!strings.Contains(it.LastError, "450 4.2.1 <busy@"+pfDomain+">: Recipient address rejected: mailbox busy, try later") {
+		t.Errorf("left in the queue: %+v, want busy@ (%s) deferred with Postfix's 450", it, sent["pf-12@sender.test"].qid)
+	}
+	if pf.Maildir("busy") != nil {
+		t.Error("busy@ has mail")
+	}
+	if n := len(pf.LogLines("reject: RCPT from", "450 4.2.1 <busy@"+pfDomain+">")); n < 1 {
+		t.Error("Postfix did not log deferring busy@")
+	}
 	if n := len(pf.LogLines("status=sent (delivered to maildir)")); n != 11 {
 		t.Errorf("Postfix logged %d maildir deliveries, want 11", n)
 	}
