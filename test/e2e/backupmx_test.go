@@ -231,6 +231,9 @@ func TestPrimaryDownKillRestart(t *testing.T) {
 		if want := fmt.Sprintf("s%d@client.test", i); m.From != want {
 			t.Errorf("message %d: MAIL FROM <%s>, want <%s>", i, m.From, want)
 		}
+		if _, eight := sampleBody(i); eight && m.Body != "8BITMIME" {
+			t.Errorf("message %d has 8-bit data but was relayed with BODY=%q, want 8BITMIME (RFC 6152)", i, m.Body)
+		}
 		h, err := SplitReceived(m.Data, msgs[i].data)
 		if err != nil {
 			t.Errorf("message %d: %v", i, err)

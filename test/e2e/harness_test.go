@@ -406,6 +406,7 @@ type Message struct {
 	Data       []byte   // exactly the bytes after DATA, dot-unstuffed, CRLF kept
 	HELO       string
 	RemoteAddr string
+	Body       string // MAIL FROM's BODY= (RFC 6152), "" if not given
 }
 
 // Primary is a recording SMTP server on a fixed loopback address: it can be
@@ -540,13 +541,17 @@ type primarySession struct {
 	helo   string
 	remote string
 	from   string
+	body   string
 	to     []string
 }
 
-func (s *primarySession) Reset()        { s.from, s.to = "", nil }
+func (s *primarySession) Reset()        { s.from, s.body, s.to = "", "", nil }
 func (s *primarySession) Logout() error { return nil }
-func (s *primarySession) Mail(from string, _ *smtp.MailOptions) error {
-	s.from, s.to = from, nil
+func (s *primarySession) Mail(from string, opts *smtp.MailOptions) error {
+	s.from, s.body, s.to = from, "", nil
+	if opts != nil {
+		s.body = string(opts.Body)
+	}
 	return nil
 }
 func (s *primarySession) Rcpt(to string, _ *smtp.RcptOptions) error {
@@ -558,7 +563,7 @@ func (s *primarySession) Data(r io.Reader) error {
 	if err != nil {
 		return err
 	}
-	m := Message{From: s.from, To: append([]string(nil), s.to...), Data: b, HELO: s.helo, RemoteAddr: s.remote}
+	m := Message{From: s.from, To: append([]string(nil), s.to...), Data: b, HELO: s.helo, RemoteAddr: s.remote, Body: s.body}
 	s.p.mu.Lock()
 	delay, hook := s.p.delay, s.p.dataHook
 	s.p.mu.Unlock()
