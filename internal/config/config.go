@@ -6,6 +6,7 @@
 package config
 
 import (
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -73,6 +74,7 @@ type Config struct {
 	DNS      DNS       `toml:"dns"`
 	DNSBL    DNSBL     `toml:"dnsbl"`
 	Notices  Notices   `toml:"notices"`
+	TLS      TLS       `toml:"tls"`
 	Log      Log       `toml:"log"`
 	Domains  []*Domain `toml:"domain"`
 
@@ -151,6 +153,36 @@ type Notices struct {
 	Port      int    `toml:"port"`      // port used with MX hosts; default 25
 }
 
+// TLS is the inbound STARTTLS certificate(s). No pair: no STARTTLS.
+// cert/key is one pair; [[tls.certificate]] adds more (chosen by SNI).
+type TLS struct {
+	Cert         string     `toml:"cert"` // PEM chain
+	Key          string     `toml:"key"`  // PEM private key
+	Certificates []CertPair `toml:"certificate"`
+}
+
+// CertPair is one certificate chain and its key, both PEM files.
+type CertPair struct {
+	Cert string `toml:"cert"`
+	Key  string `toml:"key"`
+}
+
+// Pairs lists every configured pair, the simple form first.
+func (t TLS) Pairs() []CertPair {
+	var ps []CertPair
+	if t.Cert != "" || t.Key != "" {
+		ps = append(ps, CertPair{t.Cert, t.Key})
+	}
+	return append(ps, t.Certificates...)
+}
+
+// TLS policies towards a primary (Domain.TLS).
+const (
+	TLSMay     = "may"     // STARTTLS when offered, plain text if it fails
+	TLSEncrypt = "encrypt" // never plain text; the certificate is not checked
+	TLSVerify  = "verify"  // encrypt, and the certificate must verify for the host name
+)
+
 // Log configures the operator's log.
 type Log struct {
 	Level  string `toml:"level"`  // debug, info (default), warn, error
@@ -170,7 +202,17 @@ type Domain struct {
 	RecipientsFile string   `toml:"recipients_file"`
 	Verify         string   `toml:"verify"`
 	Unknown        string   `toml:"unknown"`
+	// Delivery to the primary: TLS policy ("may" default, "encrypt",
+	// "verify"); tls_ca, a PEM file of roots for "verify" instead of the
+	// system's; xforward (default true) sends XFORWARD when offered.
+	TLS      string         `toml:"tls"`
+	TLSCA    string         `toml:"tls_ca"`
+	XForward *bool          `toml:"xforward"`
+	TLSRoots *x509.CertPool `toml:"-"` // parsed tls_ca; nil = system roots
 }
+
+// SendXForward reports whether XFORWARD is on for the domain (default true).
+func (d *Domain) SendXForward() bool { return d.XForward == nil || *d.XForward }
 
 // Load reads and validates the file at path.
 func Load(path string) (*Config, error) {
@@ -332,6 +374,11 @@ func (c *Config) Validate() error {
 			bad("notices.smarthost", "%q is not host:port", c.Notices.Smarthost)
 		}
 	}
+	for i, p := range c.TLS.Pairs() {
+		if p.Cert == "" || p.Key == "" {
+			bad(fmt.Sprintf("tls.certificate[%d]", i), "needs both cert and key")
+		}
+	}
 	if c.Notices.Port == 0 {
 		c.Notices.Port = 25
 	}
@@ -376,6 +423,26 @@ func (c *Config) Validate() error {
 		case "accept", "tempfail":
 		default:
 			bad(key+".unknown", "%q: want \"accept\" or \"tempfail\"", d.Unknown)
+		}
+		switch d.TLS {
+		case "":
+			d.TLS = TLSMay
+		case TLSMay, TLSEncrypt, TLSVerify:
+		default:
+			bad(key+".tls", "%q: want \"may\", \"encrypt\" or \"verify\"", d.TLS)
+		}
+		d.TLSRoots = nil
+		if d.TLSCA != "" {
+			pem, err := os.ReadFile(d.TLSCA)
+			pool := x509.NewCertPool()
+			switch {
+			case err != nil:
+				bad(key+".tls_ca", "%v", err)
+			case !pool.AppendCertsFromPEM(pem):
+				bad(key+".tls_ca", "%s: no PEM certificate", d.TLSCA)
+			default:
+				d.TLSRoots = pool
+			}
 		}
 	}
 	return errors.Join(errs...)
