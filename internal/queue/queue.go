@@ -23,6 +23,13 @@ import (
 	"backupmx/internal/store"
 )
 
+// Notifier is implemented by stores shared by several nodes: a value arrives
+// when another node may have made work due (a flush, an enqueue). It is only
+// a hint; the loop also polls the store every PollInterval.
+type Notifier interface {
+	Notifications(ctx context.Context) <-chan struct{}
+}
+
 // Scheduler runs deliveries. Set the fields, then call Run.
 type Scheduler struct {
 	Store  store.Store
@@ -91,6 +98,10 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	go s.probeAll(ctx) // after a restart, every waiting domain is presumed down
+	var hints <-chan struct{}
+	if n, ok := s.Store.(Notifier); ok {
+		hints = n.Notifications(ctx)
+	}
 	for {
 		wait := s.PollInterval
 		for active < workers && ctx.Err() == nil {
@@ -124,6 +135,7 @@ func (s *Scheduler) Run(ctx context.Context) error {
 		case <-done:
 			active--
 		case <-s.kick:
+		case <-hints: // another node flushed or enqueued: look now
 		case <-timer.C:
 		case <-probe.C:
 			go s.probeAll(ctx)
