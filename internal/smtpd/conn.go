@@ -3,6 +3,7 @@ package smtpd
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -24,7 +25,7 @@ const (
 	modeCommand = iota // command lines
 	modeData           // a DATA body, up to and including CRLF.CRLF
 	modeChunk          // a BDAT chunk: a byte count
-	modeRaw            // after STARTTLS or an over-long line: passed untouched
+	modeRaw            // after an over-long line: passed untouched
 )
 
 // States of the end-of-data scanner; the same machine as go-smtp's dataReader,
@@ -51,6 +52,10 @@ const maxCommandLine = 4096
 //   - Commands go-smtp has no hook for (ETRN, source-routed RCPT, XCLIENT,
 //     XFORWARD, MAIL before HELO/EHLO): conn answers them itself and never
 //     passes them on.
+//   - STARTTLS (RFC 3207): conn answers 220, runs the handshake on the
+//     socket and from then on reads and writes through TLS, so go-smtp and
+//     every rule above keep seeing clear text. go-smtp never learns of TLS;
+//     the session asks conn (tlsState) for the Received header.
 //   - The door's session-wide rules: the pregreet test (the greeting is held
 //     back Config.SMTP.PregreetWait; a client that talks first is refused),
 //     and the bad-command limit (after MaxBadCommands error replies, 421).
@@ -60,12 +65,9 @@ const maxCommandLine = 4096
 // reads the next line. So when go-smtp calls Read for more bytes, every command
 // handed over before has been answered, and a command conn answers itself
 // may be answered then, in order. That is why a batch stops before such a
-// command, and why it stops after DATA and STARTTLS: the next bytes are a body
-// or a handshake only if go-smtp's reply (354, 220), seen through Write, says so.
-//
-// Limit: after STARTTLS conn sees only ciphertext and passes it through, with
-// one deadline per read of max(CommandTimeout, DataTimeout); ETRN and the
-// source-route check then need a hook above TLS (left to the TLS work).
+// command, and why it stops after DATA: the next bytes are a body
+// only if go-smtp's reply (354), seen through Write, says so. STARTTLS is
+// conn's own command, answered when it reaches the head of the buffer.
 type conn struct {
 	net.Conn
 	s  *Server
@@ -78,14 +80,15 @@ type conn struct {
 	mode    int
 	chunk   int64  // modeChunk: bytes left
 	data    int    // modeData: scanner state
-	await   string // "DATA" or "STARTTLS" handed over; its reply decides the mode
+	await   string // "DATA" handed over; its reply decides the mode
 	rerr    error  // sticky socket read error
 	aborted bool   // a body or chunk was cut short (see midMessage)
 
-	helo    bool        // a HELO or EHLO was handed to go-smtp
-	esmtp   atomic.Bool // the last greeting was EHLO
-	raw     atomic.Bool // stop watching replies (TLS ciphertext)
-	dead    atomic.Bool // refused: every read is io.EOF
+	helo    bool                     // a HELO or EHLO was handed to go-smtp
+	esmtp   atomic.Bool              // the last greeting was EHLO
+	tls     atomic.Pointer[tls.Conn] // set once STARTTLS succeeded; under wmu for writers
+	inTx    atomic.Bool              // go-smtp has an open transaction (set by session)
+	dead    atomic.Bool              // refused: every read is io.EOF
 	errs    atomic.Int32
 	greeted bool // the 220 went out (or was replaced); under wmu
 
@@ -130,7 +133,7 @@ func (c *conn) plan() error {
 	switch c.mode {
 	case modeRaw:
 		if len(c.buf) == 0 {
-			if err := c.fill(max(c.s.Config.SMTP.CommandTimeout.D(), c.s.Config.SMTP.DataTimeout.D())); err != nil {
+			if err := c.fill(c.s.Config.SMTP.CommandTimeout.D()); err != nil {
 				return err
 			}
 		}
@@ -169,12 +172,8 @@ func (c *conn) planCommands() error {
 		c.wmu.Lock()
 		code := c.lastCode
 		c.wmu.Unlock()
-		switch {
-		case c.await == "DATA" && code == 354:
+		if code == 354 {
 			c.mode, c.data = modeData, dataBeginLine
-		case c.await == "STARTTLS" && code == 220:
-			c.mode = modeRaw
-			c.raw.Store(true)
 		}
 		c.await = ""
 		return nil
@@ -198,6 +197,12 @@ func (c *conn) planCommands() error {
 			break
 		}
 		c.buf = c.buf[i+1:]
+		if cmd == "STARTTLS" {
+			if err := c.startTLS(); err != nil {
+				return err
+			}
+			continue
+		}
 		c.reply(c.answer(cmd, arg))
 	}
 	// Hand over this line and the ones after it, up to one of ours or a
@@ -220,7 +225,7 @@ func (c *conn) planCommands() error {
 		case "HELO":
 			c.esmtp.Store(false)
 			c.helo = true
-		case "DATA", "STARTTLS":
+		case "DATA":
 			c.await = cmd
 			c.fwd = off
 			return nil
@@ -239,7 +244,7 @@ func (c *conn) planCommands() error {
 // ours reports the commands conn answers instead of go-smtp.
 func (c *conn) ours(cmd, arg string) bool {
 	switch cmd {
-	case "ETRN", "XCLIENT", "XFORWARD":
+	case "ETRN", "XCLIENT", "XFORWARD", "STARTTLS":
 		return true
 	case "MAIL":
 		return !c.helo
@@ -271,6 +276,71 @@ func (c *conn) answer(cmd, arg string) string {
 	reply := "550 5.7.1 Source routes are not accepted: relaying denied"
 	c.s.rejected(c.ip, "source_route", reply, "rcpt", arg)
 	return reply
+}
+
+// startTLS answers STARTTLS (RFC 3207 §4) and runs the server handshake on
+// the socket. Refused: without a certificate (502), inside TLS (554), inside
+// a mail transaction (503). Client bytes that followed the command in the
+// same read are dropped, never read as commands after the handshake: they
+// were sent in clear text (the STARTTLS injection attack, CVE-2011-0411).
+// After the handshake the client must say EHLO again (§4.2: the server
+// forgets what it knew), which MAIL before HELO/EHLO already enforces.
+// A failed handshake ends the session.
+func (c *conn) startTLS() error {
+	var refusal string
+	switch {
+	case c.s.TLS == nil:
+		refusal = "502 5.5.1 Error: STARTTLS not available"
+	case c.tls.Load() != nil:
+		refusal = "554 5.5.1 Error: TLS already active"
+	case c.inTx.Load():
+		refusal = "503 5.5.1 Error: MAIL transaction in progress"
+	}
+	if refusal != "" {
+		c.reply(refusal)
+		return nil
+	}
+	if len(c.buf) > 0 {
+		c.s.log().Warn("clear text after STARTTLS dropped", "client", c.ip.String(), "bytes", len(c.buf))
+		c.buf = c.buf[:0]
+	}
+	c.reply("220 2.0.0 Ready to start TLS")
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	tc := tls.Server(c.Conn, c.s.TLS)
+	c.Conn.SetDeadline(time.Now().Add(c.s.Config.SMTP.CommandTimeout.D()))
+	err := tc.Handshake()
+	c.Conn.SetDeadline(time.Time{})
+	if err != nil {
+		c.s.log().Info("TLS handshake failed", "client", c.ip.String(), "err", err)
+		c.dead.Store(true)
+		return io.EOF
+	}
+	c.tls.Store(tc)
+	c.helo = false
+	c.esmtp.Store(false)
+	st := tc.ConnectionState()
+	c.s.log().Info("TLS established", "client", c.ip.String(), "tls", tls.VersionName(st.Version)+" "+tls.CipherSuiteName(st.CipherSuite), "sni", st.ServerName)
+	return nil
+}
+
+// tlsState is the TLS channel's state, or nil before STARTTLS.
+func (c *conn) tlsState() *tls.ConnectionState {
+	tc := c.tls.Load()
+	if tc == nil {
+		return nil
+	}
+	st := tc.ConnectionState()
+	return &st
+}
+
+// transport is where client bytes come from and replies go: the socket, or
+// TLS on top of it after STARTTLS.
+func (c *conn) transport() net.Conn {
+	if tc := c.tls.Load(); tc != nil {
+		return tc
+	}
+	return c.Conn
 }
 
 // tooManyErrors ends a session that collected Config.SMTP.MaxBadCommands
@@ -359,7 +429,7 @@ func (c *conn) fill(d time.Duration) error {
 	if d > 0 {
 		c.Conn.SetReadDeadline(time.Now().Add(d))
 	}
-	n, err := c.Conn.Read(c.buf[len(c.buf):cap(c.buf)])
+	n, err := c.transport().Read(c.buf[len(c.buf):cap(c.buf)])
 	c.buf = c.buf[:len(c.buf)+n]
 	if err != nil {
 		c.rerr = err
@@ -381,9 +451,7 @@ func (c *conn) reply(line string) {
 func (c *conn) Write(p []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	if c.raw.Load() {
-		return c.Conn.Write(p)
-	}
+	out := c.transport()
 	if !c.greeted {
 		c.greeted = true
 		if refusal := c.pregreet(); refusal != "" {
@@ -394,22 +462,27 @@ func (c *conn) Write(p []byte) (int, error) {
 	}
 	c.observe(p)
 	if q, ok := c.greetingReply(p); ok {
-		if _, err := c.Conn.Write(q); err != nil {
+		if _, err := out.Write(q); err != nil {
 			return 0, err
 		}
 		return len(p), nil
 	}
-	return c.Conn.Write(p)
+	return out.Write(p)
 }
 
 // greetingReply puts our name first in go-smtp's reply to EHLO and HELO
 // ("250-Hello client" and "250 2.0.0 Hello client"), as RFC 5321 §4.1.1.1
 // requires: "250" SP Domain [ SP greeting ]. go-smtp writes each reply line
-// with one Write, and no other reply starts this way.
+// with one Write, and no other reply starts this way. The EHLO reply also
+// gets STARTTLS (conn's own command) while there is a certificate and no TLS yet.
 func (c *conn) greetingReply(p []byte) ([]byte, bool) {
 	for _, prefix := range []string{"250-Hello ", "250 2.0.0 Hello "} {
 		if rest, ok := bytes.CutPrefix(p, []byte(prefix)); ok {
-			return fmt.Appendf(nil, "%s%s Hello %s", prefix[:4], c.s.Config.Hostname, rest), true
+			q := fmt.Appendf(nil, "%s%s Hello %s", prefix[:4], c.s.Config.Hostname, rest)
+			if prefix[3] == '-' && c.s.TLS != nil && c.tls.Load() == nil {
+				q = append(q, "250-STARTTLS\r\n"...)
+			}
+			return q, true
 		}
 	}
 	return nil, false

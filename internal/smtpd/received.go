@@ -38,7 +38,7 @@ func (s *Server) receivedHeader(env *store.Envelope, ts *tls.ConnectionState) st
 	b.WriteString(env.Client.Proto)
 	if ts != nil {
 		b.WriteString(" (")
-		b.WriteString(tls.VersionName(ts.Version))
+		b.WriteString(strings.ReplaceAll(tls.VersionName(ts.Version), " ", ""))
 		b.WriteString(" ")
 		b.WriteString(tls.CipherSuiteName(ts.CipherSuite))
 		b.WriteString(")")

@@ -19,12 +19,14 @@
 // The protocol engine is github.com/emersion/go-smtp. What it lacks lives in a
 // net.Conn wrapper (conn.go) that every accepted connection goes through:
 // idle deadlines per read (RFC 5321 §4.5.3.2) and the commands we answer
-// ourselves (ETRN, source-routed RCPT). ETRN is answered but not advertised in
+// ourselves (ETRN, source-routed RCPT, STARTTLS: the wrapper runs TLS itself
+// so that every door rule sees clear text inside TLS too). ETRN is answered but not advertised in
 // the EHLO reply, because go-smtp builds that list itself.
 package smtpd
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
@@ -74,6 +76,9 @@ type Server struct {
 	Recipients *recipients.Validator
 	// Stats counts rejections per rule; nil: the server keeps its own.
 	Stats *Stats
+	// TLS is the STARTTLS configuration (see tlsconf.Certs.ServerConfig);
+	// nil: STARTTLS is neither offered nor accepted.
+	TLS *tls.Config
 
 	once      sync.Once
 	smtp      *smtp.Server

@@ -2,7 +2,6 @@ package smtpd
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -38,11 +37,7 @@ type session struct {
 }
 
 func (s *Server) newSession(sc *smtp.Conn) (smtp.Session, error) {
-	nc := sc.Conn()
-	if tc, ok := nc.(*tls.Conn); ok {
-		nc = tc.NetConn()
-	}
-	c, ok := nc.(*conn)
+	c, ok := sc.Conn().(*conn)
 	if !ok {
 		return nil, reply(421, smtp.EnhancedCode{4, 3, 0}, "Internal error")
 	}
@@ -64,7 +59,7 @@ func (x *session) Mail(from string, opts *smtp.MailOptions) error {
 	if x.c.esmtp.Load() {
 		proto = "ESMTP"
 	}
-	if _, ok := x.sc.TLSConnectionState(); ok {
+	if x.c.tlsState() != nil {
 		proto = "ESMTPS" // RFC 3848
 	}
 	env := &store.Envelope{
@@ -86,6 +81,7 @@ func (x *session) Mail(from string, opts *smtp.MailOptions) error {
 	x.mu.Lock()
 	x.env = env
 	x.mu.Unlock()
+	x.c.inTx.Store(true) // STARTTLS is refused from here to Reset
 	return nil
 }
 
@@ -215,11 +211,7 @@ func (x *session) Data(r io.Reader) error {
 	}
 	env.Received = x.s.now()
 	env.Client.Name = x.c.clientName()
-	var ts *tls.ConnectionState
-	if st, ok := x.sc.TLSConnectionState(); ok {
-		ts = &st
-	}
-	hdr := x.s.receivedHeader(env, ts)
+	hdr := x.s.receivedHeader(env, x.c.tlsState())
 	body := &bodyReader{r: r}
 	size, err := x.s.Store.Enqueue(context.Background(), env, io.MultiReader(strings.NewReader(hdr), body))
 	log := x.s.log().With("id", env.ID, "client", env.Client.Addr)
@@ -282,6 +274,7 @@ func (x *session) Reset() {
 	x.mu.Lock()
 	x.env = nil
 	x.mu.Unlock()
+	x.c.inTx.Store(false)
 }
 
 func (x *session) Logout() error { return nil }
