@@ -71,6 +71,8 @@ func Run(t *testing.T, h Harness) {
 		{"Delete", testDelete},
 		{"Persistence", testPersistence},
 		{"ConcurrentEnqueue", testConcurrentEnqueue},
+		{"ConcurrentClaims", testConcurrentClaims},
+		{"ConcurrentTakeover", testConcurrentTakeover},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, h) })
