@@ -3,8 +3,10 @@ package relay
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"strconv"
 	"strings"
@@ -56,7 +58,11 @@ const quitTimeout = 10 * time.Second
 // It speaks SMTP itself (conn.go) rather than through go-smtp's client, so
 // that each step has its own RFC 5321 §4.5.3.2 timeout, the context can end a
 // stuck dialogue, STARTTLS is opportunistic on an open connection and HELO
-// follows any 5xx to EHLO. Not done: PIPELINING (commands go one at a time),
+// follows any 5xx to EHLO, and so that it can pipeline (RFC 2920) and send
+// XFORWARD. TLS follows the domain's policy (config.Domain.TLS): "may" tries
+// STARTTLS without checking the certificate and falls back to plain text,
+// "encrypt" never sends in plain text, "verify" also checks the certificate
+// for the host name against tls_ca or the system roots. Not done:
 // converting 8-bit bodies for a primary without 8BITMIME (they wait, 4.6.3),
 // downgrading SMTPUTF8 (refused, 5.6.7), ORCPT values that are not printable
 // ASCII (left out).
@@ -70,10 +76,10 @@ type Client struct {
 	// DialContext opens TCP connections; nil = a net.Dialer.
 	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
 	Timeouts    Timeouts
-	// TLSConfig is the base for STARTTLS. TLS is opportunistic: offered →
-	// used, certificates not verified (InsecureSkipVerify is forced), and a
-	// failed handshake means one more connection in plain text.
+	// TLSConfig is the base for STARTTLS; the domain's policy sets
+	// InsecureSkipVerify, RootCAs (tls_ca) and ServerName.
 	TLSConfig *tls.Config
+	Log       *slog.Logger // nil: discard
 	// MXPort is the port of MX hosts of customer domains; 0 = 25. (Notice
 	// destinations use Config.Notices.Port.)
 	MXPort int
@@ -124,7 +130,10 @@ func IsPermanent(err error) bool {
 type target struct {
 	host     string // name or IP literal, no trailing dot
 	port     string
-	implicit bool // the domain itself, for lack of MX (RFC 5321 §5.1)
+	implicit bool           // the domain itself, for lack of MX (RFC 5321 §5.1)
+	policy   string         // config.TLSMay (default ""), TLSEncrypt, TLSVerify
+	roots    *x509.CertPool // for TLSVerify; nil = system roots
+	xforward bool
 }
 
 func (t target) String() string { return net.JoinHostPort(t.host, t.port) }
@@ -147,6 +156,13 @@ func (c *Client) Probe(ctx context.Context, domain string) error {
 	}
 	s.Close()
 	return nil
+}
+
+func (c *Client) log() *slog.Logger {
+	if c.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return c.Log
 }
 
 func (c *Client) resolver() dnsres.Resolver {
@@ -220,7 +236,12 @@ func (c *Client) route(ctx context.Context, domain string) ([]target, error) {
 		cfg = c.Config
 	}
 	if cfg != nil && cfg.Domain(domain) != nil {
-		return c.routePrimary(ctx, domain, cfg.Domain(domain))
+		d := cfg.Domain(domain)
+		ts, err := c.routePrimary(ctx, domain, d)
+		for i := range ts {
+			ts[i].policy, ts[i].roots, ts[i].xforward = d.TLS, d.TLSRoots, d.SendXForward()
+		}
+		return ts, err
 	}
 	return c.routeNotice(ctx, domain)
 }
@@ -388,32 +409,61 @@ func (c *Client) connect(ctx context.Context, t target, ip string, useTLS bool) 
 	if err := sc.hello(ctx, to.Command, name); err != nil {
 		return fail(err)
 	}
-	if useTLS && sc.has("STARTTLS") {
+	required := t.policy == config.TLSEncrypt || t.policy == config.TLSVerify
+	refuse := func(why string) (*session, error) {
+		sc.cmd(ctx, min(to.Command, quitTimeout), "QUIT")
+		return fail(fmt.Errorf("tls = %q: %s; not sending in plain text", t.policy, why))
+	}
+	switch {
+	case useTLS && sc.has("STARTTLS"):
 		r, err := sc.cmd(ctx, to.Command, "STARTTLS")
 		if err != nil {
 			return fail(err)
 		}
-		if r.Code == 220 {
-			cfg := &tls.Config{}
-			if c.TLSConfig != nil {
-				cfg = c.TLSConfig.Clone()
+		if r.Code != 220 {
+			// RFC 3207 §4: carry on in plain text, unless the policy forbids it.
+			if required {
+				return refuse("STARTTLS refused: " + r.String())
 			}
-			cfg.InsecureSkipVerify = true // opportunistic: any channel beats plain text
-			if cfg.ServerName == "" && net.ParseIP(t.host) == nil {
-				cfg.ServerName = t.host
-			}
-			if err := sc.startTLS(ctx, to.Command, cfg, name); err != nil {
-				raw.Close()
-				if ctx.Err() != nil {
-					return nil, asError(ctx, host, err)
-				}
-				return nil, &tlsFailed{asError(ctx, host, err)}
-			}
+			break
 		}
-		// Any other reply (454): carry on in plain text, RFC 3207 §4.
+		if err := sc.startTLS(ctx, to.Command, c.tlsConfig(t), name); err != nil {
+			raw.Close()
+			if ctx.Err() != nil {
+				return nil, asError(ctx, host, err)
+			}
+			if required {
+				return nil, asError(ctx, host, fmt.Errorf("tls = %q: %w", t.policy, err))
+			}
+			return nil, &tlsFailed{asError(ctx, host, err)}
+		}
+	case required:
+		return refuse("the host does not offer STARTTLS")
 	}
 	raw.SetDeadline(time.Time{})
-	return &session{c: c, sc: sc, host: host, to: to}, nil
+	return &session{c: c, sc: sc, host: host, to: to, xfwd: t.xforward}, nil
+}
+
+// tlsConfig is the client TLS configuration for t's policy: "verify" checks
+// the chain (tls_ca or system roots) and the host name as configured or
+// found in MX (an IP literal is checked against IP SANs); the other policies
+// take any certificate, since any encryption beats plain text.
+func (c *Client) tlsConfig(t target) *tls.Config {
+	cfg := &tls.Config{}
+	if c.TLSConfig != nil {
+		cfg = c.TLSConfig.Clone()
+	}
+	if t.policy == config.TLSVerify {
+		cfg.InsecureSkipVerify = false
+		cfg.RootCAs = t.roots
+		cfg.ServerName = t.host
+		return cfg
+	}
+	cfg.InsecureSkipVerify = true
+	if cfg.ServerName == "" && net.ParseIP(t.host) == nil {
+		cfg.ServerName = t.host
+	}
+	return cfg
 }
 
 // asError makes err an *Error about host, preferring ctx's error when the

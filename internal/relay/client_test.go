@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"slices"
 	"strconv"
@@ -189,41 +190,57 @@ func TestSendFailureModes(t *testing.T) {
 			deferred: []string{"a@example.test", "b@example.test"}, code: 450, noMAIL: true},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			f := startFake(t, "127.0.0.1", tt.script, tt.ext...)
-			s, err := newTestClient(t, f.addr()).Dial(ctxT(t), "example.test")
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer s.Close()
-			d := delivery("a@example.test", "b@example.test")
-			if tt.envelope != nil {
-				tt.envelope(&d.Envelope)
-			}
-			res, err := s.Send(ctxT(t), d, strings.NewReader(body))
-			if (err != nil) != tt.wantErr {
-				t.Fatalf("err = %v, wantErr %v", err, tt.wantErr)
-			}
-			if !slices.Equal(res.Accepted, tt.accepted) || !slices.Equal(addrs(res.Rejected), tt.rejected) || !slices.Equal(addrs(res.Deferred), tt.deferred) {
-				t.Fatalf("result = %+v\nwant accepted %v rejected %v deferred %v", res, tt.accepted, tt.rejected, tt.deferred)
-			}
-			first := append(append([]RcptStatus(nil), res.Rejected...), res.Deferred...)
-			if first[0].Reply.Code != tt.code {
-				t.Errorf("reply = %v, want code %d", first[0].Reply, tt.code)
-			}
-			lines := f.received()
-			if got := slices.Contains(lines, "RSET"); got != tt.wantRSET {
-				t.Errorf("RSET sent = %v, want %v (dialogue %q)", got, tt.wantRSET, lines)
-			}
-			if tt.noMAIL && slices.ContainsFunc(lines, func(l string) bool { return strings.HasPrefix(l, "MAIL") }) {
-				t.Errorf("MAIL sent although the message can't go: %q", lines)
-			}
-			if tt.wantErr {
-				if _, err := s.Send(ctxT(t), delivery("c@example.test"), strings.NewReader(body)); err == nil {
-					t.Error("a failed session sent again")
+		for _, pipe := range []bool{true, false} {
+			t.Run(fmt.Sprintf("%s/pipelining=%v", tt.name, pipe), func(t *testing.T) {
+				ext := tt.ext
+				if ext == nil {
+					ext = []string{"PIPELINING", "SIZE 10000000", "8BITMIME", "DSN", "SMTPUTF8", "ENHANCEDSTATUSCODES"}
 				}
-			}
-		})
+				if !pipe {
+					ext = slices.DeleteFunc(slices.Clone(ext), func(e string) bool { return e == "PIPELINING" })
+				}
+				f := startFake(t, "127.0.0.1", tt.script, ext...)
+				s, err := newTestClient(t, f.addr()).Dial(ctxT(t), "example.test")
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer s.Close()
+				d := delivery("a@example.test", "b@example.test")
+				if tt.envelope != nil {
+					tt.envelope(&d.Envelope)
+				}
+				res, err := s.Send(ctxT(t), d, strings.NewReader(body))
+				if (err != nil) != tt.wantErr {
+					t.Fatalf("err = %v, wantErr %v", err, tt.wantErr)
+				}
+				if !slices.Equal(res.Accepted, tt.accepted) || !slices.Equal(addrs(res.Rejected), tt.rejected) || !slices.Equal(addrs(res.Deferred), tt.deferred) {
+					t.Fatalf("result = %+v\nwant accepted %v rejected %v deferred %v", res, tt.accepted, tt.rejected, tt.deferred)
+				}
+				first := append(append([]RcptStatus(nil), res.Rejected...), res.Deferred...)
+				if first[0].Reply.Code != tt.code {
+					t.Errorf("reply = %v, want code %d", first[0].Reply, tt.code)
+				}
+				lines := f.received()
+				if got := slices.Contains(lines, "RSET"); got != tt.wantRSET {
+					t.Errorf("RSET sent = %v, want %v (dialogue %q)", got, tt.wantRSET, lines)
+				}
+				if tt.noMAIL && slices.ContainsFunc(lines, func(l string) bool { return strings.HasPrefix(l, "MAIL") }) {
+					t.Errorf("MAIL sent although the message can't go: %q", lines)
+				}
+				if tt.wantErr {
+					if _, err := s.Send(ctxT(t), delivery("c@example.test"), strings.NewReader(body)); err == nil {
+						t.Error("a failed session sent again")
+					}
+				} else if tt.script["."] == "" {
+					// The session is still in step: the next message goes through.
+					res, err := s.Send(ctxT(t), delivery("c@example.test"), strings.NewReader(body))
+					if tt.script["MAIL"] == "" && tt.script["RCPT"] == "" && tt.script["DATA"] == "" && !tt.noMAIL &&
+						(err != nil || !slices.Equal(res.Accepted, []string{"c@example.test"})) {
+						t.Errorf("next message on the same session: %+v, %v", res, err)
+					}
+				}
+			})
+		}
 	}
 }
 

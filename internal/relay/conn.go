@@ -74,6 +74,19 @@ func (c *smtpConn) cmd(ctx context.Context, timeout time.Duration, line string) 
 	return r, nil
 }
 
+// write sends command lines in one write (a PIPELINING group, RFC 2920),
+// within timeout; the replies are read afterwards with readReply.
+func (c *smtpConn) write(ctx context.Context, timeout time.Duration, lines ...string) error {
+	c.raw.SetDeadline(deadline(ctx, timeout))
+	for _, l := range lines {
+		c.bw.WriteString(l + "\r\n")
+	}
+	if err := c.bw.Flush(); err != nil {
+		return fmt.Errorf("sending %s: %w", verb(lines[0]), err)
+	}
+	return nil
+}
+
 // readReply reads one reply within timeout (the greeting, the end of DATA).
 func (c *smtpConn) readReply(ctx context.Context, timeout time.Duration, what string) (Reply, error) {
 	c.raw.SetDeadline(deadline(ctx, timeout))

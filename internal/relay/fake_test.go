@@ -59,12 +59,19 @@ type fake struct {
 	mu    sync.Mutex
 	conns []net.Conn
 	lines []string // every command line, all connections
+	piped []string // command lines that arrived with more bytes behind them (pipelined)
 	txs   []transaction
 	tls   int // handshakes completed
 }
 
 // startFake listens on ip:0 (ip in 127.0.0.0/8).
 func startFake(t *testing.T, ip string, sc script, ext ...string) *fake {
+	t.Helper()
+	return startFakeTLS(t, ip, testTLSConfig(t), sc, ext...)
+}
+
+// startFakeTLS is startFake with the given STARTTLS server configuration.
+func startFakeTLS(t *testing.T, ip string, cert *tls.Config, sc script, ext ...string) *fake {
 	t.Helper()
 	ln, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
 	if err != nil {
@@ -73,7 +80,7 @@ func startFake(t *testing.T, ip string, sc script, ext ...string) *fake {
 	if ext == nil {
 		ext = []string{"PIPELINING", "SIZE 10000000", "8BITMIME", "DSN", "SMTPUTF8", "ENHANCEDSTATUSCODES"}
 	}
-	f := &fake{t: t, ln: ln, script: sc, ext: ext, cert: testTLSConfig(t)}
+	f := &fake{t: t, ln: ln, script: sc, ext: ext, cert: cert}
 	go f.serve()
 	t.Cleanup(f.close)
 	return f
@@ -106,6 +113,12 @@ func (f *fake) received() []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return append([]string(nil), f.lines...)
+}
+
+func (f *fake) pipelined() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.piped...)
 }
 
 func (f *fake) transactions() []transaction {
@@ -174,6 +187,9 @@ func (f *fake) handle(c net.Conn) {
 		line = strings.TrimRight(line, "\r\n")
 		f.mu.Lock()
 		f.lines = append(f.lines, line)
+		if br.Buffered() > 0 {
+			f.piped = append(f.piped, line)
+		}
 		f.mu.Unlock()
 		verb, _, _ := strings.Cut(strings.ToUpper(line), " ")
 		if strings.HasPrefix(verb, "MAIL") || strings.HasPrefix(verb, "RCPT") {
@@ -231,6 +247,9 @@ func (f *fake) handle(c net.Conn) {
 				continue
 			}
 		case "DATA":
+			if strings.HasPrefix(r, "354") && (tx == nil || len(tx.rcpts) == 0) {
+				r = "554 5.5.1 Error: no valid recipients" // as Postfix, RFC 2920 §3.1
+			}
 			if !strings.HasPrefix(r, "354") {
 				break
 			}

@@ -41,6 +41,10 @@ type Result struct {
 	Accepted []string     // the primary took responsibility (250 after DATA)
 	Rejected []RcptStatus // permanent (5xx) for these recipients
 	Deferred []RcptStatus // temporary (4xx) for these recipients
+	// NoDSN: the host does not support DSN (RFC 3461), so the recipients'
+	// NOTIFY and ORCPT stopped here: a SUCCESS notice (action "relayed",
+	// §6.2.3.1) for the accepted ones is ours to send.
+	NoDSN bool
 }
 
 // Session is one SMTP connection to one host, reused for many messages.

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"strconv"
 	"strings"
+	"time"
 
 	"backupmx/internal/store"
 )
@@ -18,6 +20,7 @@ type session struct {
 	sc     *smtpConn
 	host   string
 	to     Timeouts
+	xfwd   bool // XFORWARD allowed for this destination
 	broken bool // an error ended the dialogue: only Close is left
 	closed bool
 }
@@ -40,13 +43,22 @@ func (s *session) Close() error {
 // errUnusable is returned by Send on a session that already failed.
 var errUnusable = errors.New("session already failed or closed")
 
-// Send runs one transaction: MAIL, one RCPT per recipient, DATA. Replies map
-// to outcomes per recipient: 2xx accepted (after the final reply), 5xx
-// rejected, anything else deferred. A failed transaction is followed by RSET
-// so that the session can carry the next message. An I/O error, a timeout or
-// a 421 (RFC 5321 §3.8) ends the session: Send then returns an error, and the
-// recipients with no outcome yet are listed as deferred.
-func (s *session) Send(ctx context.Context, d *store.Delivery, body io.Reader) (res Result, err error) {
+// Send runs one transaction: XFORWARD (when the host offers it and the
+// domain allows it), MAIL, one RCPT per recipient, DATA. With PIPELINING
+// (RFC 2920) all of these go out in one write and the replies are read in
+// order; without it, one command at a time. Replies map to outcomes per
+// recipient: 2xx accepted (after the final reply), 5xx rejected, anything
+// else deferred. A failed transaction is followed by RSET so that the session
+// can carry the next message. An I/O error, a timeout or a 421 (RFC 5321
+// §3.8) ends the session: Send then returns an error, and the recipients with
+// no outcome yet are listed as deferred.
+func (s *session) Send(ctx context.Context, d *store.Delivery, body io.Reader) (Result, error) {
+	res, err := s.send(ctx, d, body)
+	res.NoDSN = !s.sc.has("DSN")
+	return res, err
+}
+
+func (s *session) send(ctx context.Context, d *store.Delivery, body io.Reader) (res Result, err error) {
 	if s.broken || s.closed {
 		return deferRest(Result{}, d, localReply(421, "4.4.2", errUnusable.Error())), errUnusable
 	}
@@ -81,7 +93,87 @@ func (s *session) Send(ctx context.Context, d *store.Delivery, body io.Reader) (
 		return allOf(d, localReply(553, "5.1.7", "bad sender address")), nil
 	}
 
-	r, err := sc.cmd(ctx, s.to.Mail, "MAIL FROM:<"+env.Sender+">"+s.mailParams(d))
+	// The commands of the transaction, each with its reply timeout.
+	type command struct {
+		line    string
+		timeout time.Duration
+		rcpt    string // for RCPT: the recipient
+	}
+	var cmds []command
+	for _, l := range s.xforward(env) {
+		cmds = append(cmds, command{line: l, timeout: s.to.Command})
+	}
+	nx := len(cmds)
+	cmds = append(cmds, command{line: "MAIL FROM:<" + env.Sender + ">" + s.mailParams(d), timeout: s.to.Mail})
+	for _, rc := range d.Recipients {
+		if !validPath(rc.Addr) {
+			res.Rejected = append(res.Rejected, RcptStatus{rc.Addr, localReply(553, "5.1.3", "bad recipient address")})
+			continue
+		}
+		cmds = append(cmds, command{line: "RCPT TO:<" + rc.Addr + ">" + s.rcptParams(rc), timeout: s.to.Rcpt, rcpt: rc.Addr})
+	}
+	if len(cmds) == nx+1 { // no recipient left to send
+		return res, nil
+	}
+	cmds = append(cmds, command{line: "DATA", timeout: s.to.DataInit})
+
+	pipe := sc.has("PIPELINING")
+	if pipe {
+		lines := make([]string, len(cmds))
+		for i, c := range cmds {
+			lines[i] = c.line
+		}
+		if err := sc.write(ctx, s.to.Mail, lines...); err != nil {
+			return res, err
+		}
+	}
+	next := 0 // the command whose reply comes next
+	reply := func() (Reply, error) {
+		c := cmds[next]
+		next++
+		if pipe {
+			return sc.readReply(ctx, c.timeout, "reply to "+verb(c.line))
+		}
+		return sc.cmd(ctx, c.timeout, c.line)
+	}
+	// abandon ends a failed transaction: under PIPELINING the replies to
+	// what was sent are read first (a 354 to DATA gets an empty message:
+	// just the final dot, RFC 2920 §3.1), then RSET.
+	abandon := func(res Result) (Result, error) {
+		for pipe && next < len(cmds) {
+			r, err := reply()
+			if err != nil {
+				return res, err
+			}
+			if r.Code == 354 {
+				if err := sc.write(ctx, s.to.DataBlock, "."); err != nil {
+					return res, err
+				}
+				if _, err := sc.readReply(ctx, s.to.DataEnd, "reply to end of data"); err != nil {
+					return res, err
+				}
+			}
+		}
+		return s.reset(ctx, res)
+	}
+
+	for next < nx {
+		c := cmds[next]
+		r, err := reply()
+		if err != nil {
+			return res, err
+		}
+		if r.Code == 421 {
+			last = r
+			return res, &replyError{"XFORWARD", r}
+		}
+		if r.Code/100 != 2 {
+			// Only the primary's view of the client is lost, not the mail.
+			s.c.log().Info("XFORWARD refused", "id", d.ID, "host", s.host, "line", c.line, "reply", r.String())
+		}
+	}
+
+	r, err := reply()
 	if err != nil {
 		return res, err
 	}
@@ -90,16 +182,17 @@ func (s *session) Send(ctx context.Context, d *store.Delivery, body io.Reader) (
 		return res, &replyError{"MAIL", r}
 	}
 	if r.Code/100 != 2 {
-		return s.reset(ctx, allOf(d, r))
+		var addrs []string
+		for _, c := range cmds[next : len(cmds)-1] {
+			addrs = append(addrs, c.rcpt)
+		}
+		return abandon(addAll(res, addrs, r))
 	}
 
 	var accepted []string
-	for _, rc := range d.Recipients {
-		if !validPath(rc.Addr) {
-			res.Rejected = append(res.Rejected, RcptStatus{rc.Addr, localReply(553, "5.1.3", "bad recipient address")})
-			continue
-		}
-		r, err := sc.cmd(ctx, s.to.Rcpt, "RCPT TO:<"+rc.Addr+">"+s.rcptParams(rc))
+	for next < len(cmds)-1 {
+		rcpt := cmds[next].rcpt
+		r, err := reply()
 		if err != nil {
 			return res, err
 		}
@@ -108,18 +201,18 @@ func (s *session) Send(ctx context.Context, d *store.Delivery, body io.Reader) (
 			last = r
 			return res, &replyError{"RCPT", r}
 		case r.Code/100 == 2:
-			accepted = append(accepted, rc.Addr)
+			accepted = append(accepted, rcpt)
 		case r.Code/100 == 5:
-			res.Rejected = append(res.Rejected, RcptStatus{rc.Addr, r})
+			res.Rejected = append(res.Rejected, RcptStatus{rcpt, r})
 		default:
-			res.Deferred = append(res.Deferred, RcptStatus{rc.Addr, r})
+			res.Deferred = append(res.Deferred, RcptStatus{rcpt, r})
 		}
 	}
 	if len(accepted) == 0 {
-		return s.reset(ctx, res)
+		return abandon(res)
 	}
 
-	r, err = sc.cmd(ctx, s.to.DataInit, "DATA")
+	r, err = reply()
 	if err != nil {
 		return res, err
 	}
@@ -147,6 +240,60 @@ func (s *session) Send(ctx context.Context, d *store.Delivery, body io.Reader) (
 	default:
 		return s.reset(ctx, addAll(res, accepted, r))
 	}
+}
+
+// xforward returns the XFORWARD commands that tell the primary who the real
+// client was (Postfix's XFORWARD_README): only when the host offers XFORWARD,
+// the domain allows it, and the message came from outside (not a notice of
+// ours); only the attributes the host listed; values xtext-encoded, unknown
+// ones "[UNAVAILABLE]"; split so that no line exceeds 512 octets.
+func (s *session) xforward(env *store.Envelope) []string {
+	offered, ok := s.sc.ext["XFORWARD"]
+	if !ok || !s.xfwd || env.Notice {
+		return nil
+	}
+	want := make(map[string]bool)
+	for _, a := range strings.Fields(strings.ToUpper(offered)) {
+		want[a] = true
+	}
+	val := func(v string) string {
+		if v == "" {
+			return "[UNAVAILABLE]"
+		}
+		return xtext(v)
+	}
+	addr := env.Client.Addr
+	if ip, err := netip.ParseAddr(addr); err == nil && ip.Is6() && !ip.Is4In6() {
+		addr = "IPV6:" + ip.String()
+	}
+	attrs := []struct{ k, v string }{
+		{"NAME", val(env.Client.Name)},
+		{"ADDR", val(addr)},
+		{"PROTO", val(env.Client.Proto)},
+		{"HELO", val(env.Client.HELO)},
+		{"SOURCE", "REMOTE"},
+	}
+	var lines []string
+	line := ""
+	for _, a := range attrs {
+		if !want[a.k] {
+			continue
+		}
+		kv := a.k + "=" + a.v
+		if line != "" && len(line)+1+len(kv) > 510 {
+			lines = append(lines, line)
+			line = ""
+		}
+		if line == "" {
+			line = "XFORWARD " + kv
+		} else {
+			line += " " + kv
+		}
+	}
+	if line != "" {
+		lines = append(lines, line)
+	}
+	return lines
 }
 
 // writeBody copies the message block by block, each write under its own
