@@ -1,7 +1,6 @@
 package postgres
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -14,29 +13,38 @@ import (
 )
 
 // writeChunks streams body into body_chunks under tx, one chunk at a time,
-// and returns the size and the number of chunks. A buffer grows only as far
-// as the body needs, up to one chunk.
+// and returns the size and the number of chunks. Its one buffer grows only
+// as far as the body needs, up to one chunk.
 func (s *Store) writeChunks(ctx context.Context, tx pgx.Tx, id string, body io.Reader) (int64, int, error) {
+	buf := make([]byte, 0, min(32<<10, s.chunk))
 	var (
-		buf   bytes.Buffer
 		total int64
 		seq   int
 	)
 	for {
-		buf.Reset()
-		n, err := io.CopyN(&buf, body, int64(s.chunk))
-		if err != nil && !errors.Is(err, io.EOF) {
-			return 0, 0, err
+		var eof bool
+		buf, eof = buf[:0], false
+		for len(buf) < s.chunk && !eof {
+			if len(buf) == cap(buf) {
+				buf = append(make([]byte, 0, min(2*cap(buf), s.chunk)), buf...)
+			}
+			n, err := body.Read(buf[len(buf):cap(buf)])
+			buf = buf[:len(buf)+n]
+			if errors.Is(err, io.EOF) {
+				eof = true
+			} else if err != nil {
+				return 0, 0, err
+			}
 		}
-		if n > 0 {
+		if len(buf) > 0 {
 			if _, err := tx.Exec(ctx, `INSERT INTO body_chunks (message_id, seq, data) VALUES ($1, $2, $3)`,
-				id, seq, buf.Bytes()); err != nil {
+				id, seq, buf); err != nil {
 				return 0, 0, err
 			}
 			seq++
-			total += n
+			total += int64(len(buf))
 		}
-		if n < int64(s.chunk) { // EOF
+		if eof {
 			return total, seq, nil
 		}
 	}
