@@ -31,6 +31,7 @@ import (
 	"backupmx/internal/smtpd"
 	"backupmx/internal/store"
 	"backupmx/internal/store/embedded"
+	"backupmx/internal/store/postgres"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -94,6 +95,11 @@ func openStore(cfg *config.Config) (store.Store, error) {
 	switch cfg.Store.Engine {
 	case "embedded":
 		return embedded.Open(cfg.Store.Dir)
+	case "postgres":
+		// Leases run on the database clock: nodes' clocks may differ.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		return postgres.Open(ctx, cfg.Store.DSN, postgres.Options{})
 	default:
 		return nil, fmt.Errorf("store engine %q is not available in this build", cfg.Store.Engine)
 	}
