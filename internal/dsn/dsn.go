@@ -30,6 +30,9 @@ import (
 const (
 	ActionFailed  = "failed"
 	ActionDelayed = "delayed"
+	// ActionRelayed: handed to a server that does not support DSN, so no
+	// further notice will come (RFC 3461 §6.2.3.1); sent for NOTIFY=SUCCESS.
+	ActionRelayed = "relayed"
 )
 
 // Notice is one DSN about one message.
@@ -51,7 +54,7 @@ type Notice struct {
 type Recipient struct {
 	Addr           string    // Final-Recipient (rfc822)
 	ORcpt          string    // RFC 3461 ORCPT as "type;address", if given
-	Action         string    // ActionFailed or ActionDelayed
+	Action         string    // ActionFailed, ActionDelayed or ActionRelayed
 	Status         string    // RFC 3463 code, e.g. "5.1.1"; "" = 5.0.0 / 4.0.0
 	Diagnostic     string    // the remote reply ("550 5.1.1 …") or our own words
 	RemoteMTA      string    // the host that answered (port, if any, is dropped)
@@ -113,13 +116,17 @@ func Write(w io.Writer, n *Notice) error {
 		rand.Read(b[:])
 		msgID = hex.EncodeToString(b[:]) + "@" + n.ReportingMTA
 	}
-	failed := false
+	failed, relayed := false, true
 	for _, r := range n.Recipients {
-		failed = failed || r.Action != ActionDelayed
+		failed = failed || (r.Action != ActionDelayed && r.Action != ActionRelayed)
+		relayed = relayed && r.Action == ActionRelayed
 	}
 	subject := "Delayed Mail (still being retried)"
-	if failed {
+	switch {
+	case failed:
 		subject = "Undelivered Mail Returned to Sender"
+	case relayed:
+		subject = "Successful Mail Delivery Report"
 	}
 
 	bw := bufio.NewWriter(w)
@@ -145,7 +152,7 @@ func Write(w io.Writer, n *Notice) error {
 		return err
 	}
 	qp := quotedprintable.NewWriter(p)
-	io.WriteString(qp, explanation(n, failed, date))
+	io.WriteString(qp, explanation(n, failed, relayed, date))
 	if err := qp.Close(); err != nil {
 		return err
 	}
@@ -169,6 +176,9 @@ func Write(w io.Writer, n *Notice) error {
 		if full {
 			ct, desc = "message/rfc822", "Undelivered message"
 		}
+		if relayed {
+			desc = strings.Replace(desc, "Undelivered message", "Message", 1)
+		}
 		p, err = mw.CreatePart(textproto.MIMEHeader{"Content-Type": {ct}, "Content-Description": {desc}})
 		if err != nil {
 			return err
@@ -184,12 +194,16 @@ func Write(w io.Writer, n *Notice) error {
 }
 
 // explanation is the human-readable part.
-func explanation(n *Notice, failed bool, date time.Time) string {
+func explanation(n *Notice, failed, relayed bool, date time.Time) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "This is the mail system at %s.\r\n\r\n", n.ReportingMTA)
-	if failed {
+	switch {
+	case failed:
 		b.WriteString("Your message could not be delivered to one or more recipients.\r\n")
-	} else {
+	case relayed:
+		b.WriteString("Your message was handed to the recipients' mail server, as you asked to be told.\r\n" +
+			"That server does not send delivery notifications, so this is the last one you will get.\r\n")
+	default:
 		b.WriteString("Your message has not been delivered yet to one or more recipients.\r\n" +
 			"It is still queued and will be retried; you need not send it again.\r\n")
 	}
@@ -251,8 +265,11 @@ func status(n *Notice) string {
 		st := r.Status
 		if st == "" {
 			st = "5.0.0"
-			if r.Action == ActionDelayed {
+			switch r.Action {
+			case ActionDelayed:
 				st = "4.0.0"
+			case ActionRelayed:
+				st = "2.0.0"
 			}
 		}
 		field("Status", st)

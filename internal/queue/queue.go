@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"backupmx/internal/config"
+	"backupmx/internal/dsn"
 	"backupmx/internal/relay"
 	"backupmx/internal/store"
 )
@@ -398,6 +399,9 @@ func (c *cycle) deliverOne(ctx context.Context, d *store.Delivery, sess relay.Se
 	}
 	if len(rr.Accepted) > 0 {
 		log.Info("delivered", "recipients", len(rr.Accepted), "host", hostOf(sess), "tls", tlsOf(sess), "attempts", d.Attempts+1)
+		if rr.NoDSN {
+			c.relayed(ctx, d, rr.Accepted, hostOf(sess))
+		}
 		c.mu.Lock()
 		if !c.flushed {
 			c.flush, c.flushed = true, true
@@ -462,6 +466,20 @@ func (c *cycle) deliverOne(ctx context.Context, d *store.Delivery, sess relay.Se
 		log.Info("deferred", "recipients", len(remaining), "attempts", d.Attempts+1, "next_attempt", res.Next.Format(time.RFC3339), "err", lastErr)
 	}
 	return res, sess
+}
+
+// relayed honours NOTIFY=SUCCESS for recipients handed to a primary that
+// does not support DSN (RFC 3461 §4.1, §6.2.3.1): a notice with action
+// "relayed", since no other will come. The mail is delivered whatever
+// happens here; a notice that fails to queue is logged, not retried.
+func (c *cycle) relayed(ctx context.Context, d *store.Delivery, accepted []string, host string) {
+	var bs []bounce
+	for _, a := range accepted {
+		bs = append(bs, bounce{addr: a, status: "2.0.0", remote: host, action: dsn.ActionRelayed})
+	}
+	if err := c.s.notify(ctx, d, bs); err != nil {
+		c.s.Log.Error("enqueueing relayed notice failed", "id", d.ID, "domain", d.Domain, "err", err)
+	}
 }
 
 func hostOf(s relay.Session) string {

@@ -45,6 +45,7 @@ type fakeNet struct {
 	replies map[string]relay.Reply // recipient → reply instead of 250
 	got     []sent
 	probes  int
+	noDSN   bool // the primaries do not support DSN
 }
 
 func newFakeNet() *fakeNet {
@@ -111,6 +112,7 @@ func (s *fakeSession) Send(ctx context.Context, d *store.Delivery, body io.Reade
 			res.Deferred = append(res.Deferred, relay.RcptStatus{Addr: r.Addr, Reply: rep})
 		}
 	}
+	res.NoDSN = s.n.noDSN
 	if len(ok) > 0 {
 		res.Accepted = ok
 		s.n.got = append(s.n.got, sent{domain: s.domain, id: d.ID, sender: d.Envelope.Sender, rcpts: ok, body: string(b)})
