@@ -125,7 +125,7 @@ func TestSTARTTLSRefusals(t *testing.T) {
 	t.Run("clear text pipelined after STARTTLS is dropped", func(t *testing.T) {
 		c := dial(t, ts.addr)
 		c.run(cmd("EHLO client.test", "250"))
-		c.run(step{send: "STARTTLS\r\nMAIL FROM:<inject@sender.test>\r\n"}, cmd("", "220 2.0.0"))
+		c.run(step{send: "STARTTLS\r\nMAIL FROM:<inject@sender.test>\r\n", want: []string{"220 2.0.0"}})
 		tc := tls.Client(c.conn, cfg)
 		if err := tc.Handshake(); err != nil {
 			t.Fatal(err)
