@@ -32,6 +32,7 @@ import (
 	"backupmx/internal/store"
 	"backupmx/internal/store/embedded"
 	"backupmx/internal/store/postgres"
+	"backupmx/internal/tlsconf"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -141,13 +142,20 @@ func serveConfig(cfg *config.Config, log *slog.Logger) error {
 		Hostname: cfg.Hostname,
 		Config:   cfg,
 		Resolver: resolver,
+		Log:      log,
 	}
 	sched := &queue.Scheduler{Store: st, Dialer: rc, Config: cfg, Log: log, Owner: cfg.Node}
 	door, err := newDoor(cfg, resolver)
 	if err != nil {
 		return err
 	}
-	stopHUP := reloadOnHUP(door.rcpts, log)
+	var certs *tlsconf.Certs // nil: no STARTTLS
+	if pairs := cfg.TLS.Pairs(); len(pairs) > 0 {
+		if certs, err = tlsconf.Load(pairs); err != nil {
+			return err // a certificate that doesn't load at start is fatal
+		}
+	}
+	stopHUP := reloadOnHUP(door.rcpts, certs, log)
 	defer stopHUP()
 	srv := &smtpd.Server{
 		DNSBL:      door.dnsbl,
@@ -157,6 +165,7 @@ func serveConfig(cfg *config.Config, log *slog.Logger) error {
 		Store:      st,
 		Log:        log,
 		Resolver:   resolver,
+		TLS:        certs.ServerConfig(),
 		Queued:     func([]string) { sched.Kick() },
 		ETRN: func(domain string) error {
 			return sched.FlushDomain(ctx, domain, "ETRN")
@@ -240,9 +249,11 @@ func newDoor(cfg *config.Config, resolver *net.Resolver) (*door, error) {
 	return d, nil
 }
 
-// reloadOnHUP re-reads the recipients files on SIGHUP; a file that fails
-// keeps its previous list (logged).
-func reloadOnHUP(v *recipients.Validator, log *slog.Logger) (stop func()) {
+// reloadOnHUP re-reads the recipients files and the TLS certificates on
+// SIGHUP; a file that fails keeps its previous list or certificates
+// (logged). Open connections are untouched: TLS sessions keep the
+// certificate they started with.
+func reloadOnHUP(v *recipients.Validator, certs *tlsconf.Certs, log *slog.Logger) (stop func()) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	done := make(chan struct{})
@@ -250,6 +261,13 @@ func reloadOnHUP(v *recipients.Validator, log *slog.Logger) (stop func()) {
 		for {
 			select {
 			case <-hup:
+				if certs != nil {
+					if err := certs.Reload(); err != nil {
+						log.Error("TLS certificates reload failed, previous ones kept", "err", err)
+					} else {
+						log.Info("TLS certificates reloaded")
+					}
+				}
 				if err := v.Reload(); err != nil {
 					log.Error("recipients reload failed, previous lists kept", "err", err)
 					continue

@@ -76,8 +76,12 @@ func (c *Certs) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, er
 }
 
 // ServerConfig is the STARTTLS configuration: TLS 1.2 or later, certificates
-// from c at each handshake (so a Reload applies to the next one).
+// from c at each handshake (so a Reload applies to the next one). A nil
+// *Certs gives nil: no STARTTLS.
 func (c *Certs) ServerConfig() *tls.Config {
+	if c == nil {
+		return nil
+	}
 	return &tls.Config{
 		MinVersion:     tls.VersionTLS12,
 		GetCertificate: c.GetCertificate,
