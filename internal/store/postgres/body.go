@@ -12,33 +12,44 @@ import (
 	"backupmx/internal/store"
 )
 
-// writeChunks streams body into body_chunks under tx, one chunk at a time,
-// and returns the size and the number of chunks. Its one buffer grows only
-// as far as the body needs, up to one chunk.
-func (s *Store) writeChunks(ctx context.Context, tx pgx.Tx, id string, body io.Reader) (int64, int, error) {
-	buf := make([]byte, 0, min(32<<10, s.chunk))
-	var (
-		total int64
-		seq   int
-	)
+const insertChunk = `INSERT INTO body_chunks (message_id, seq, data) VALUES ($1, $2, $3)`
+
+// readChunk fills buf (reused: it grows only as far as the body needs, up
+// to one chunk) with the body's next chunk; eof says the body ended.
+func (s *Store) readChunk(body io.Reader, buf []byte) (_ []byte, eof bool, _ error) {
+	buf = buf[:0]
+	for len(buf) < s.chunk {
+		if len(buf) == cap(buf) {
+			buf = append(make([]byte, 0, min(max(2*cap(buf), 32<<10), s.chunk)), buf...)
+		}
+		n, err := body.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if errors.Is(err, io.EOF) {
+			return buf, true, nil
+		}
+		if err != nil {
+			return buf, false, err
+		}
+	}
+	return buf, false, nil
+}
+
+// writeChunks streams the rest of body into body_chunks under tx, one chunk
+// at a time from seq on, reusing buf, and returns the size written and the
+// next seq.
+func (s *Store) writeChunks(ctx context.Context, tx pgx.Tx, id string, body io.Reader, buf []byte, seq int) (int64, int, error) {
+	var total int64
 	for {
-		var eof bool
-		buf, eof = buf[:0], false
-		for len(buf) < s.chunk && !eof {
-			if len(buf) == cap(buf) {
-				buf = append(make([]byte, 0, min(2*cap(buf), s.chunk)), buf...)
-			}
-			n, err := body.Read(buf[len(buf):cap(buf)])
-			buf = buf[:len(buf)+n]
-			if errors.Is(err, io.EOF) {
-				eof = true
-			} else if err != nil {
-				return 0, 0, err
-			}
+		var (
+			eof bool
+			err error
+		)
+		buf, eof, err = s.readChunk(body, buf)
+		if err != nil {
+			return 0, 0, err
 		}
 		if len(buf) > 0 {
-			if _, err := tx.Exec(ctx, `INSERT INTO body_chunks (message_id, seq, data) VALUES ($1, $2, $3)`,
-				id, seq, buf); err != nil {
+			if _, err := tx.Exec(ctx, insertChunk, id, seq, buf); err != nil {
 				return 0, 0, err
 			}
 			seq++

@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -404,7 +405,7 @@ func BenchmarkEnqueue(b *testing.B) {
 	body := bytes.Repeat([]byte("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ!?\r\n"), 10*1024/66)
 	for _, par := range []int{1, 10, 50} {
 		b.Run(fmt.Sprintf("callers=%d", par), func(b *testing.B) {
-			s := openT(b, pgtest.DSN(b)+"&pool_max_conns=50", Options{})
+			s := openT(b, withParam(pgtest.DSN(b), "pool_max_conns", "50"), Options{})
 			var seq atomic.Int64
 			b.SetBytes(int64(len(body)))
 			start := time.Now()
@@ -417,6 +418,17 @@ func BenchmarkEnqueue(b *testing.B) {
 			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msgs/s")
 		})
 	}
+}
+
+// withParam adds key=value to a URL or keyword/value DSN.
+func withParam(dsn, key, value string) string {
+	switch {
+	case !strings.Contains(dsn, "://"):
+		return dsn + " " + key + "=" + value
+	case strings.Contains(dsn, "?"):
+		return dsn + "&" + key + "=" + value
+	}
+	return dsn + "?" + key + "=" + value
 }
 
 // runPar calls fn b.N times from par goroutines.

@@ -43,7 +43,8 @@ func (s *Store) callerNow(now time.Time) *int64 {
 }
 
 // Enqueue implements store.Store: body chunks, the message row, its
-// deliveries and any new domains' lease rows in one transaction.
+// deliveries and any new domains' lease rows in one transaction. A body of
+// one chunk costs one round trip; a larger one streams chunk by chunk.
 func (s *Store) Enqueue(ctx context.Context, env *store.Envelope, body io.Reader) (int64, error) {
 	if err := checkID(env.ID); err != nil {
 		return 0, err
@@ -72,15 +73,9 @@ func (s *Store) Enqueue(ctx context.Context, env *store.Envelope, body io.Reader
 	}
 	slices.Sort(domains) // lease rows inserted in one order: no deadlocks between Enqueues
 
-	var size int64
-	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		n, chunks, err := s.writeChunks(ctx, tx, env.ID, body)
-		if err != nil {
-			return err
-		}
-		size = n
-		b := &pgx.Batch{}
-		b.Queue(`INSERT INTO messages (id, envelope, size, chunks) VALUES ($1, $2, $3, $4)`, env.ID, string(envJSON), n, chunks)
+	// The rows besides the body, queued after its chunks.
+	rows := func(b *pgx.Batch, size int64, chunks int) {
+		b.Queue(`INSERT INTO messages (id, envelope, size, chunks) VALUES ($1, $2, $3, $4)`, env.ID, string(envJSON), size, chunks)
 		for _, dom := range domains {
 			b.Queue(`INSERT INTO deliveries (id, domain, recipients, next_attempt) VALUES ($1, $2, $3, $4)`,
 				env.ID, dom, rcpts[dom], nanos(env.Received))
@@ -89,6 +84,40 @@ func (s *Store) Enqueue(ctx context.Context, env *store.Envelope, body io.Reader
 			b.Queue(`INSERT INTO leases (domain) SELECT $1::text WHERE NOT EXISTS (SELECT 1 FROM leases WHERE domain = $1)
 				ON CONFLICT DO NOTHING`, dom)
 		}
+	}
+
+	first, eof, err := s.readChunk(body, make([]byte, 0, 32<<10))
+	if err != nil {
+		return 0, err
+	}
+	size := int64(len(first))
+	if eof {
+		// A body of one chunk: everything in one batch, which the server
+		// runs as one implicit transaction (one Sync), committed before
+		// the batch's results are all read.
+		b := &pgx.Batch{}
+		chunks := 0
+		if size > 0 {
+			b.Queue(insertChunk, env.ID, 0, first)
+			chunks = 1
+		}
+		rows(b, size, chunks)
+		if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
+			return 0, err
+		}
+		return size, nil
+	}
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, insertChunk, env.ID, 0, first); err != nil {
+			return err
+		}
+		n, chunks, err := s.writeChunks(ctx, tx, env.ID, body, first, 1)
+		if err != nil {
+			return err
+		}
+		size += n
+		b := &pgx.Batch{}
+		rows(b, size, chunks)
 		return tx.SendBatch(ctx, b).Close()
 	})
 	if err != nil {
