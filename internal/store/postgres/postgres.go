@@ -169,12 +169,17 @@ CREATE TABLE deliveries (
 	held         boolean NOT NULL DEFAULT false,
 	PRIMARY KEY (id, domain)
 );
--- NextDue.
-CREATE INDEX deliveries_due ON deliveries (next_attempt) WHERE NOT held;
--- Claim (earliest due per domain), More, Waiting, Flush and Hold by domain.
+-- Claim and NextDue (earliest unheld per domain, walking leases), More,
+-- Waiting, Flush and Hold by domain. Deliberately no index on next_attempt
+-- alone: the planner would prefer it for "earliest of this domain" and then
+-- walk other domains' work.
 CREATE INDEX deliveries_ready ON deliveries (domain, next_attempt, id) WHERE NOT held;
--- List, Unhold by domain.
+-- List by domain.
 CREATE INDEX deliveries_domain ON deliveries (domain, id);
+-- Unhold: held deliveries are few.
+CREATE INDEX deliveries_held ON deliveries (domain, id) WHERE held;
+-- Every domain that has a delivery has a row here (Enqueue adds it; rows
+-- are never removed, so tokens and the domain list survive).
 CREATE TABLE leases (
 	domain  text COLLATE "C" PRIMARY KEY,
 	owner   text NOT NULL DEFAULT '',  -- '' when free

@@ -309,10 +309,15 @@ func completeOne(ctx context.Context, tx pgx.Tx, domain string, r store.Result) 
 	return err
 }
 
-// NextDue implements store.Store.
+// NextDue implements store.Store: one index probe per domain.
 func (s *Store) NextDue(ctx context.Context) (time.Time, bool, error) {
 	var n *int64
-	if err := s.pool.QueryRow(ctx, `SELECT min(next_attempt) FROM deliveries WHERE NOT held`).Scan(&n); err != nil || n == nil {
+	err := s.pool.QueryRow(ctx, `SELECT min(first.next_attempt) FROM leases l
+		CROSS JOIN LATERAL (
+			SELECT d.next_attempt FROM deliveries d
+			WHERE d.domain = l.domain AND NOT d.held
+			ORDER BY d.next_attempt LIMIT 1) first`).Scan(&n)
+	if err != nil || n == nil {
 		return time.Time{}, false, err
 	}
 	return fromNanos(*n), true, nil
