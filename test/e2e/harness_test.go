@@ -118,6 +118,9 @@ type Options struct {
 	Smarthost     string   // notices.smarthost
 	NoticesPort   int      // notices.port
 	Extra         string   // raw TOML appended at the end (after the domains: use [[domain]] or a table)
+	Store         string   // raw TOML for the [store] table; default the embedded engine in Dir/var
+	Queue         string   // raw TOML lines added to the [queue] table (lease, batch, sessions…)
+	Node          string   // node name (top-level "node"); default the hostname
 }
 
 // Server is a backupmx binary running on loopback with its own directory.
@@ -163,10 +166,17 @@ func NewServer(t testing.TB, o Options) *Server {
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "hostname = %q\n", Hostname)
+	if o.Node != "" {
+		fmt.Fprintf(&b, "node = %q\n", o.Node)
+	}
 	fmt.Fprintf(&b, "[smtp]\nlisten = [%q]\ncommand_timeout = \"30s\"\ndata_timeout = \"30s\"\n", s.SMTPAddr)
-	fmt.Fprintf(&b, "[store]\nengine = \"embedded\"\ndir = %q\n", filepath.Join(dir, "var"))
-	fmt.Fprintf(&b, "[queue]\nretention = %q\nretry = [%s]\nprobe_interval = %q\nconnect_timeout = \"2s\"\n",
-		o.Retention, quoteList(o.Retry), o.ProbeInterval)
+	if o.Store != "" {
+		fmt.Fprintf(&b, "[store]\n%s\n", o.Store)
+	} else {
+		fmt.Fprintf(&b, "[store]\nengine = \"embedded\"\ndir = %q\n", filepath.Join(dir, "var"))
+	}
+	fmt.Fprintf(&b, "[queue]\nretention = %q\nretry = [%s]\nprobe_interval = %q\nconnect_timeout = \"2s\"\n%s\n",
+		o.Retention, quoteList(o.Retry), o.ProbeInterval, o.Queue)
 	fmt.Fprintf(&b, "[admin]\nlisten = %q\n", s.AdminAddr)
 	fmt.Fprintf(&b, "[dns]\nresolver = %q\n", o.Resolver)
 	fmt.Fprintf(&b, "[notices]\nsmarthost = %q\n", o.Smarthost)
