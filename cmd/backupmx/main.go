@@ -106,6 +106,32 @@ func openStore(cfg *config.Config) (store.Store, error) {
 	}
 }
 
+// openStoreRetry opens the store. The postgres engine is retried while it
+// fails (the database may be down, or failing over, when the node starts):
+// after 1 s, doubling up to 30 s, each failure logged, until ctx is done.
+// Nothing listens meanwhile, neither SMTP nor admin: a sender's connection is
+// refused, which is a temporary failure (RFC 5321 §5.1: it tries our other MX
+// or later), and no door is open that could not make mail durable. Once
+// open, an outage is the engine's business: every call fails (451 at the
+// door) and its pool reconnects. The embedded engine fails at once: its
+// errors (permissions, a full disk, a bad directory) need an operator.
+func openStoreRetry(ctx context.Context, cfg *config.Config, log *slog.Logger) (store.Store, error) {
+	backoff := time.Second
+	for {
+		st, err := openStore(cfg)
+		if err == nil || cfg.Store.Engine != "postgres" {
+			return st, err
+		}
+		log.Error("store unavailable, not listening yet; retrying", "engine", cfg.Store.Engine, "err", err, "retry_in", backoff)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 30*time.Second)
+	}
+}
+
 // serve runs the server until SIGINT or SIGTERM.
 func serve(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
@@ -131,8 +157,12 @@ func serveConfig(cfg *config.Config, log *slog.Logger) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	st, err := openStore(cfg)
+	st, err := openStoreRetry(ctx, cfg, log)
 	if err != nil {
+		if ctx.Err() != nil {
+			log.Info("stopped before the store could be opened")
+			return nil
+		}
 		return fmt.Errorf("opening store: %w", err)
 	}
 	defer st.Close()
