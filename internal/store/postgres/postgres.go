@@ -6,7 +6,7 @@
 //	messages     id, envelope (JSON, without Domains), size, chunks
 //	body_chunks  message_id, seq, data: the body in ~1 MiB bytea chunks
 //	deliveries   id, domain, recipients (JSON), attempts, next_attempt, last_error, held
-//	leases       one row per destination domain: owner, token, expires
+//	leases       one row per destination domain with mail: owner, token, expires
 //
 // Invariants:
 //
@@ -178,8 +178,9 @@ CREATE INDEX deliveries_ready ON deliveries (domain, next_attempt, id) WHERE NOT
 CREATE INDEX deliveries_domain ON deliveries (domain, id);
 -- Unhold: held deliveries are few.
 CREATE INDEX deliveries_held ON deliveries (domain, id) WHERE held;
--- Every domain that has a delivery has a row here (Enqueue adds it; rows
--- are never removed, so tokens and the domain list survive).
+-- Every domain that has a delivery has a row here (Enqueue adds it;
+-- ReleaseLease removes it once the domain has no delivery left: see
+-- domainLock in queue.go).
 CREATE TABLE leases (
 	domain  text COLLATE "C" PRIMARY KEY,
 	owner   text NOT NULL DEFAULT '',  -- '' when free

@@ -457,3 +457,137 @@ func runPar(b *testing.B, par int, fn func() error) {
 		}
 	}
 }
+
+// leaseRows returns the domains that have a leases row.
+func leaseRows(t testing.TB, s *Store) []string {
+	t.Helper()
+	rows, err := s.pool.Query(ctxT(t), `SELECT domain FROM leases ORDER BY domain`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doms []string
+	for rows.Next() {
+		var d string
+		if err := rows.Scan(&d); err != nil {
+			t.Fatal(err)
+		}
+		doms = append(doms, d)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return doms
+}
+
+// TestLeaseRowRemoved: releasing the lease of a domain with nothing left
+// removes its leases row; a domain with mail left keeps it; the next Enqueue
+// recreates it, and the next lease's token is still larger.
+func TestLeaseRowRemoved(t *testing.T) {
+	s := openT(t, pgtest.DSN(t), Options{})
+	ctx := ctxT(t)
+	now := time.Now()
+	enqueue(t, s, "a1", "a.test", now.Add(-time.Minute))
+	enqueue(t, s, "b1", "b.test", now.Add(-time.Minute))
+	enqueue(t, s, "b2", "b.test", now.Add(time.Hour)) // not due: stays
+	var tokens []int64
+	for range 2 {
+		l, ds, err := s.Claim(ctx, "n1", now, time.Minute, 10)
+		if err != nil || l == nil || len(ds) != 1 {
+			t.Fatalf("Claim: %v %v %v", l, ds, err)
+		}
+		tokens = append(tokens, l.Token)
+		if err := s.Complete(ctx, l, []store.Result{{ID: ds[0].ID, Delivered: []string{ds[0].Recipients[0].Addr}, Attempted: true}}); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.ReleaseLease(ctx, l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := leaseRows(t, s); fmt.Sprint(got) != "[b.test]" {
+		t.Fatalf("lease rows after draining a.test: %v, want [b.test]", got)
+	}
+	enqueue(t, s, "a2", "a.test", now.Add(-time.Minute))
+	if got := leaseRows(t, s); fmt.Sprint(got) != "[a.test b.test]" {
+		t.Fatalf("lease rows after a new message: %v", got)
+	}
+	l, ds, err := s.Claim(ctx, "n2", now, time.Minute, 10)
+	if err != nil || l == nil || l.Domain != "a.test" || len(ds) != 1 {
+		t.Fatalf("Claim after recreation: %v %v %v", l, ds, err)
+	}
+	if l.Token <= max(tokens[0], tokens[1]) {
+		t.Fatalf("token %d after %v: fencing tokens must grow", l.Token, tokens)
+	}
+}
+
+// TestLeaseRowRace: Enqueues for one domain race with claim, complete and
+// release cycles that remove its leases row whenever the queue runs empty.
+// No delivery may ever be left without a leases row: Claim would never see
+// it again.
+func TestLeaseRowRace(t *testing.T) {
+	s := openT(t, pgtest.DSN(t), Options{})
+	ctx := ctxT(t)
+	const writers, per = 4, 60
+	var wg sync.WaitGroup
+	var stop atomic.Bool
+	for w := range writers {
+		wg.Go(func() {
+			for i := range per {
+				enqueue(t, s, fmt.Sprintf("w%d-%d", w, i), "race.test", time.Now().Add(-time.Minute))
+			}
+		})
+	}
+	done := make(chan struct{})
+	delivered := 0
+	go func() {
+		defer close(done)
+		for !stop.Load() {
+			l, ds, err := s.Claim(ctx, "n", time.Now(), time.Minute, 7)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if l == nil {
+				continue
+			}
+			res := make([]store.Result, len(ds))
+			for i, d := range ds {
+				res[i] = store.Result{ID: d.ID, Delivered: []string{d.Recipients[0].Addr}, Attempted: true}
+			}
+			if err := s.Complete(ctx, l, res); err != nil {
+				t.Error(err)
+				return
+			}
+			delivered += len(ds)
+			if err := s.ReleaseLease(ctx, l); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	wg.Wait()
+	// Let the claimer drain what is left, then check the invariant.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		var orphans, left int
+		if err := s.pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM leases l WHERE l.domain = d.domain)), count(*) FROM deliveries d`).Scan(&orphans, &left); err != nil {
+			t.Fatal(err)
+		}
+		if orphans > 0 {
+			stop.Store(true)
+			<-done
+			t.Fatalf("%d deliveries have no leases row", orphans)
+		}
+		if left == 0 || time.Now().After(deadline) {
+			stop.Store(true)
+			<-done
+			if left != 0 {
+				t.Fatalf("%d deliveries left after 20 s", left)
+			}
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if delivered != writers*per {
+		t.Fatalf("delivered %d, want %d", delivered, writers*per)
+	}
+}

@@ -77,6 +77,9 @@ func (s *Store) Enqueue(ctx context.Context, env *store.Envelope, body io.Reader
 	rows := func(b *pgx.Batch, size int64, chunks int) {
 		b.Queue(`INSERT INTO messages (id, envelope, size, chunks) VALUES ($1, $2, $3, $4)`, env.ID, string(envJSON), size, chunks)
 		for _, dom := range domains {
+			// Before the delivery exists: ReleaseLease can't remove the
+			// domain's lease row until we have committed (see domainLock).
+			b.Queue(`SELECT pg_advisory_xact_lock_shared(`+domainLock+`)`, dom)
 			b.Queue(`INSERT INTO deliveries (id, domain, recipients, next_attempt) VALUES ($1, $2, $3, $4)`,
 				env.ID, dom, rcpts[dom], nanos(env.Received))
 			// Only when missing: a plain read first never waits on a lease row
@@ -220,12 +223,40 @@ func (s *Store) Renew(ctx context.Context, l *store.Lease, now time.Time, ttl ti
 	return nil
 }
 
-// ReleaseLease implements store.Store. The token stays, and the next lease
-// takes a larger one from the sequence anyway.
+// domainLock is the SQL for the advisory lock key of domain $1 (two int4
+// keys: their space does not overlap the migration lock's bigint one). Every
+// Enqueue holds it shared from before it inserts a delivery until it
+// commits; ReleaseLease removes a domain's leases row only while holding it
+// exclusively. So when the row goes, every delivery ever enqueued for the
+// domain is committed and visible, none is, and any later Enqueue recreates
+// the row. A hash collision only makes a removal wait for the next release.
+const domainLock = `1650680683, hashtext($1)`
+
+// ReleaseLease implements store.Store. When the domain has nothing left in
+// the queue and no Enqueue for it is in flight, its leases row is removed,
+// so the table holds only domains with mail (destinations come and go: DSN
+// notices to senders' domains); Enqueue recreates it. Otherwise the lease
+// is freed and the token stays. Either way the next lease takes a larger
+// token from the global sequence, so fencing never depends on the row.
 func (s *Store) ReleaseLease(ctx context.Context, l *store.Lease) error {
-	_, err := s.pool.Exec(ctx, `UPDATE leases SET owner = '', expires = 0 WHERE domain = $1 AND owner = $2 AND token = $3`,
-		l.Domain, l.Owner, l.Token)
-	return err
+	return s.tx(ctx, func(tx pgx.Tx) error {
+		var locked bool
+		if err := tx.QueryRow(ctx, `SELECT pg_try_advisory_xact_lock(`+domainLock+`)`, l.Domain).Scan(&locked); err != nil {
+			return err
+		}
+		if locked {
+			// A new statement, so a new snapshot: it sees every Enqueue
+			// that held the lock before we took it.
+			tag, err := tx.Exec(ctx, `DELETE FROM leases WHERE domain = $1 AND owner = $2 AND token = $3
+				AND NOT EXISTS (SELECT 1 FROM deliveries WHERE domain = $1)`, l.Domain, l.Owner, l.Token)
+			if err != nil || tag.RowsAffected() > 0 {
+				return err
+			}
+		}
+		_, err := tx.Exec(ctx, `UPDATE leases SET owner = '', expires = 0 WHERE domain = $1 AND owner = $2 AND token = $3`,
+			l.Domain, l.Owner, l.Token)
+		return err
+	})
 }
 
 // Complete implements store.Store, in one transaction that holds the lease
