@@ -103,19 +103,8 @@ func (s *Store) Claim(ctx context.Context, owner string, now time.Time, ttl time
 		rows  []rawDelivery
 	)
 	err := s.w.do(ctx, "", func(tx *sql.Tx) error {
-		// Due deliveries in time order, skipping domains under a live lease.
-		// deliveries_due covers this scan; it only passes over due work of
-		// leased domains.
-		var domain string
-		err := tx.QueryRow(`
-			SELECT d.domain FROM deliveries d INDEXED BY deliveries_due
-			WHERE d.held = 0 AND d.next_attempt <= ?
-			  AND d.domain NOT IN (SELECT domain FROM leases WHERE expires > ?)
-			ORDER BY d.next_attempt LIMIT 1`, n, n).Scan(&domain)
-		if errors.Is(err, sql.ErrNoRows) {
-			return nil
-		}
-		if err != nil {
+		domain, found, err := claimDomain(tx, n)
+		if err != nil || !found {
 			return err
 		}
 		exp := now.Add(ttl)
@@ -143,6 +132,53 @@ func (s *Store) Claim(ctx context.Context, owner string, now time.Time, ttl time
 		return nil, nil, err
 	}
 	return lease, ds, nil
+}
+
+// claimLookahead bounds how many due deliveries Claim's first query reads
+// (passing over those of domains under a live lease) before it walks the
+// domains instead.
+const claimLookahead = 1000
+
+// Claim's queries (?1 = now, ?2 = claimLookahead); plan_test.go checks
+// that they only seek indexes.
+const (
+	claimFrontSQL = `		WITH front AS (
+			SELECT d.domain, d.next_attempt FROM deliveries d INDEXED BY deliveries_due
+			WHERE d.held = 0 AND d.next_attempt <= ?1 ORDER BY d.next_attempt LIMIT ?2)
+		SELECT (SELECT COUNT(*) FROM front),
+		       (SELECT domain FROM front WHERE domain NOT IN (SELECT domain FROM leases WHERE expires > ?1)
+		        ORDER BY next_attempt LIMIT 1)`
+	claimWalkSQL = `		WITH RECURSIVE doms(d) AS (
+			SELECT MIN(domain) FROM deliveries
+			UNION ALL
+			SELECT (SELECT MIN(domain) FROM deliveries WHERE domain > doms.d) FROM doms WHERE doms.d IS NOT NULL
+		)
+		SELECT d FROM (
+			SELECT d, (SELECT MIN(x.next_attempt) FROM deliveries x WHERE x.domain = doms.d AND x.held = 0) AS t
+			FROM doms WHERE d IS NOT NULL AND d NOT IN (SELECT domain FROM leases WHERE expires > ?1))
+		WHERE t <= ?1 ORDER BY t LIMIT 1`
+)
+
+// claimDomain picks the unleased domain with the oldest due, unheld delivery
+// at n. It first reads the claimLookahead oldest due deliveries
+// (deliveries_due); if all of them belong to leased domains (one big domain
+// being drained fills the front of the queue), it walks the domains through
+// deliveries_domain instead, two index seeks per domain, so a Claim never
+// reads a leased domain's whole backlog.
+func claimDomain(tx *sql.Tx, n int64) (string, bool, error) {
+	var (
+		read   int
+		domain sql.NullString
+	)
+	err := tx.QueryRow(claimFrontSQL, n, claimLookahead).Scan(&read, &domain)
+	if err != nil || domain.Valid || read < claimLookahead {
+		return domain.String, domain.Valid, err
+	}
+	err = tx.QueryRow(claimWalkSQL, n).Scan(&domain)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", false, nil
+	}
+	return domain.String, domain.Valid, err
 }
 
 // More implements store.Store.
@@ -376,9 +412,16 @@ func Cursor(d store.Delivery) string { return d.ID + " " + d.Domain }
 // Flush implements store.Store. Deliveries already overdue keep their
 // earlier time, so they stay ahead in Claim's order.
 func (s *Store) Flush(ctx context.Context, f store.Filter, now time.Time) (int, error) {
+	q, args := flushSQL(f, now)
+	return s.update(ctx, q, args)
+}
+
+// flushSQL is Flush's statement. With a domain it reads only that domain's
+// rows (deliveries_domain); plan_test.go checks it.
+func flushSQL(f store.Filter, now time.Time) (string, []any) {
 	where, args := filterSQL(f)
-	return s.update(ctx, `UPDATE deliveries AS d SET next_attempt = MIN(next_attempt, ?) WHERE d.held = 0 AND `+where,
-		append([]any{nanos(now)}, args...))
+	return `UPDATE deliveries AS d SET next_attempt = MIN(next_attempt, ?) WHERE d.held = 0 AND ` + where,
+		append([]any{nanos(now)}, args...)
 }
 
 // Hold implements store.Store.

@@ -121,18 +121,24 @@ func (w *writer) commit(batch []*op) {
 	}()
 
 	// Body files were linked into these directories by the callers; their
-	// names must be durable before the rows that point at them.
-	synced := make(map[string]error)
+	// names must be durable before the rows that point at them. The
+	// directories are synced at once, not one after the other: concurrent
+	// fsyncs share the file system's journal commits.
+	synced := make(map[string]*error)
+	for _, o := range batch {
+		if o.dir != "" && synced[o.dir] == nil {
+			synced[o.dir] = new(error)
+		}
+	}
+	var wg sync.WaitGroup
+	for dir, errp := range synced {
+		wg.Go(func() { *errp = safefile.SyncDir(dir) })
+	}
+	wg.Wait()
 	for i, o := range batch {
-		if o.dir == "" {
-			continue
+		if o.dir != "" {
+			errs[i] = *synced[o.dir]
 		}
-		err, ok := synced[o.dir]
-		if !ok {
-			err = safefile.SyncDir(o.dir)
-			synced[o.dir] = err
-		}
-		errs[i] = err
 	}
 
 	ctx := context.Background()

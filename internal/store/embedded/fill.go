@@ -1,0 +1,91 @@
+package embedded
+
+// This file is for benchmarks and load generators only (bench/scale): the
+// server never calls Fill.
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"os"
+	"syscall"
+	"time"
+
+	"backupmx/internal/store"
+)
+
+// FillItem is one message for Fill.
+type FillItem struct {
+	Env      *store.Envelope
+	Next     time.Time // NextAttempt of its deliveries; zero: Env.Received
+	Attempts int       // as if it had been tried this many times
+	LastErr  string
+}
+
+// Fill stores many messages, all with the same body, at a rate Enqueue can't
+// reach: body files are written without a per-file fsync, then one sync(2)
+// makes them all durable, then every row is
+// inserted in one transaction. The invariant holds (a row only once its body
+// is durable); what is lost is only the per-message acknowledgement. For
+// benchmarks: the server never calls it. Ids must be new.
+func (s *Store) Fill(ctx context.Context, items []FillItem, body []byte) error {
+	type row struct {
+		id, env string
+		rcpts   map[string]string
+		next    int64
+		att     int
+		lastErr string
+	}
+	rows := make([]row, 0, len(items))
+	for _, it := range items {
+		e := it.Env
+		if err := checkID(e.ID); err != nil {
+			return err
+		}
+		c := *e
+		c.Domains = nil
+		ej, err := json.Marshal(&c)
+		if err != nil {
+			return err
+		}
+		r := row{id: e.ID, env: string(ej), rcpts: map[string]string{}, next: nanos(e.Received), att: it.Attempts, lastErr: it.LastErr}
+		if !it.Next.IsZero() {
+			r.next = nanos(it.Next)
+		}
+		for dom, rs := range e.Domains {
+			b, err := json.Marshal(rs)
+			if err != nil {
+				return err
+			}
+			r.rcpts[dom] = string(b)
+		}
+		if err := os.WriteFile(s.bodyPath(e.ID), body, 0o600); err != nil {
+			return err
+		}
+		rows = append(rows, r)
+	}
+	syscall.Sync() // sync(2): every body file written above is durable
+	return s.w.do(ctx, "", func(tx *sql.Tx) error {
+		msg, err := tx.Prepare(`INSERT INTO messages (id, envelope, size) VALUES (?, ?, ?)`)
+		if err != nil {
+			return err
+		}
+		defer msg.Close()
+		del, err := tx.Prepare(`INSERT INTO deliveries (id, domain, recipients, next_attempt, attempts, last_error) VALUES (?, ?, ?, ?, ?, ?)`)
+		if err != nil {
+			return err
+		}
+		defer del.Close()
+		for _, r := range rows {
+			if _, err := msg.Exec(r.id, r.env, len(body)); err != nil {
+				return err
+			}
+			for dom, rc := range r.rcpts {
+				if _, err := del.Exec(r.id, dom, rc, r.next, r.att, r.lastErr); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+}
