@@ -106,7 +106,8 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	for {
 		wait := s.PollInterval
 		for active < workers && ctx.Err() == nil {
-			l, ds, err := s.Store.Claim(ctx, s.Owner, s.Now(), s.Config.Queue.Lease.D(), s.Config.Queue.Batch)
+			now := s.Now()
+			l, ds, err := s.Store.Claim(ctx, s.Owner, now, s.Config.Queue.Lease.D(), s.Config.Queue.Batch)
 			if err != nil {
 				if ctx.Err() == nil {
 					s.Log.Error("claim failed", "err", err)
@@ -115,7 +116,10 @@ func (s *Scheduler) Run(ctx context.Context) error {
 				break
 			}
 			if l == nil {
-				if t, ok, err := s.Store.NextDue(ctx); err == nil && ok {
+				// Work due at now that Claim didn't hand out is under a lease:
+				// its release kicks us (or, another node's, PollInterval
+				// passes). Waiting for it here would spin on Claim.
+				if t, ok, err := s.Store.NextDue(ctx); err == nil && ok && t.After(now) {
 					wait = min(wait, max(t.Sub(s.Now()), 0)+5*time.Millisecond)
 				}
 				break
