@@ -219,6 +219,36 @@ func quoteList(l []string) string {
 func (s *Server) Start() {
 	t := s.t
 	t.Helper()
+	done := s.startProcess()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		select {
+		case <-done:
+			s.DumpLog()
+			t.Fatalf("backupmx exited during start-up: %v", s.err)
+		default:
+		}
+		if c, err := net.DialTimeout("tcp", s.SMTPAddr, time.Second); err == nil {
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			line, _ := bufio.NewReader(c).ReadString('\n')
+			c.Close()
+			if strings.HasPrefix(line, "220") {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			s.DumpLog()
+			t.Fatalf("backupmx did not answer on %s within 15s", s.SMTPAddr)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// startProcess runs the binary on the server's configuration without
+// waiting for it to serve; the returned channel is closed when it exits.
+func (s *Server) startProcess() chan struct{} {
+	t := s.t
+	t.Helper()
 	logf, err := os.OpenFile(s.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		t.Fatal(err)
@@ -244,29 +274,7 @@ func (s *Server) Start() {
 		s.mu.Unlock()
 		close(done)
 	}()
-
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		select {
-		case <-done:
-			s.DumpLog()
-			t.Fatalf("backupmx exited during start-up: %v", s.err)
-		default:
-		}
-		if c, err := net.DialTimeout("tcp", s.SMTPAddr, time.Second); err == nil {
-			c.SetDeadline(time.Now().Add(5 * time.Second))
-			line, _ := bufio.NewReader(c).ReadString('\n')
-			c.Close()
-			if strings.HasPrefix(line, "220") {
-				return
-			}
-		}
-		if time.Now().After(deadline) {
-			s.DumpLog()
-			t.Fatalf("backupmx did not answer on %s within 15s", s.SMTPAddr)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	return done
 }
 
 func (s *Server) exited() bool {
