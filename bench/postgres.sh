@@ -53,9 +53,11 @@ log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
 log "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); PostgreSQL from $PGBIN"
 
 # ---------- PostgreSQL ----------
-mkdir -p "$T/pg" && chown postgres "$T/pg" 2>/dev/null || true
+mkdir -p "$T/pg"
+[ "$(id -u)" = 0 ] && chown postgres "$T/pg"
+chmod 700 "$T/pg"
 asuser "$PGBIN/initdb" -D "$T/pg" -U postgres -A trust -E UTF8 --locale=C >/dev/null
-asuser "$PGBIN/pg_ctl" -D "$T/pg" -l "$T/pg.log" -w start \
+asuser "$PGBIN/pg_ctl" -D "$T/pg" -l "$T/pg/pg.log" -w start \
 	-o "-p $PG_PORT -k $T/pg -c listen_addresses=127.0.0.1 -c fsync=on -c synchronous_commit=on -c max_connections=200" >/dev/null
 PG_UP=1
 DSN="postgres://postgres@127.0.0.1:$PG_PORT/postgres?sslmode=disable"
