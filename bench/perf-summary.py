@@ -30,9 +30,11 @@ def top(st):
         if 'smtpd.(*session).Data' in f: return 'smtpd Data → Enqueue (body write + fsync + wait)'
     for f in reversed(st):
         if 'writer).run' in f: return 'store writer goroutine (dir fsync, SQLite)'
-        if 'queue.(*Scheduler)' in f: return 'queue scheduler (claim/defer/probe)'
+        if 'internal/relay.' in f: return 'relay: SMTP sessions to the primary'
+        if 'queue.(*cycle)' in f: return 'queue delivery cycle (outside relay)'
+        if 'internal/queue.' in f: return 'queue scheduler loop (claim/defer/probe)'
         if 'go-smtp' in f: return 'go-smtp conn, outside DATA'
-        if 'admin' in f: return 'admin'
+        if 'internal/admin' in f: return 'admin API'
     for f in st:
         if 'gcBgMarkWorker' in f: return 'GC background'
     return 'other: '+(st[-1] if st else 'empty')
