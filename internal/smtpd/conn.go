@@ -504,7 +504,9 @@ func (c *conn) observe(p []byte) {
 		if len(line) >= 3 && (len(line) == 3 || line[3] == ' ' || line[3] == '\r') {
 			if code, err := strconv.Atoi(string(line[:3])); err == nil {
 				c.lastCode = code
-				if code >= 400 && code != 421 {
+				// Our own faults (4.3.x: store or system trouble) are not the
+				// client's errors and must not end its session.
+				if code >= 400 && code != 421 && !bytes.HasPrefix(line[3:], []byte(" 4.3.")) {
 					c.errs.Add(1)
 				}
 				if bytes.HasPrefix(line, []byte("452 4.5.3")) { // go-smtp's RCPT limit

@@ -1,6 +1,7 @@
 package smtpd
 
 import (
+	"backupmx/internal/config"
 	"errors"
 	"net/netip"
 	"reflect"
@@ -287,4 +288,19 @@ func TestAddrLiteral(t *testing.T) {
 			t.Errorf("addrLiteral(%s) = %s, want %s", in, got, want)
 		}
 	}
+}
+
+// TestStoreFailuresAreNotClientErrors: a 451 for our own fault never counts
+// toward the bad-command limit, so a sender is not cut off while we recover.
+func TestStoreFailuresAreNotClientErrors(t *testing.T) {
+	ts := newTestServer(t, func(c *config.Config) { c.SMTP.MaxBadCommands = 2 })
+	ts.store.setFail(errors.New("database unreachable"))
+	c := dial(t, ts.addr)
+	for range 5 {
+		c.run(transaction("s@x.test", "u@example.test")...)
+		c.run(cmd("DATA", "354"), step{send: "hi\r\n.\r\n", want: []string{"451 4.3.0"}})
+	}
+	ts.store.setFail(nil)
+	c.run(transaction("s@x.test", "u@example.test")...)
+	c.run(cmd("DATA", "354"), step{send: "hi\r\n.\r\n", want: []string{"250 2.0.0 Ok: queued as "}})
 }
