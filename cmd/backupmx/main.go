@@ -196,7 +196,7 @@ func serveConfig(cfg *config.Config, log *slog.Logger) error {
 		Log:        log,
 		Resolver:   resolver,
 		TLS:        certs.ServerConfig(),
-		Queued:     func([]string) { sched.Kick() },
+		Queued:     sched.Enqueued,
 		ETRN: func(domain string) error {
 			return sched.FlushDomain(ctx, domain, "ETRN")
 		},

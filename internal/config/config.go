@@ -114,7 +114,7 @@ type Queue struct {
 	Retry          []Duration `toml:"retry"`           // the last interval repeats
 	ProbeInterval  Duration   `toml:"probe_interval"`  // default 30s
 	Workers        int        `toml:"workers"`         // domains delivered at once; default 16
-	Sessions       int        `toml:"sessions"`        // connections per primary; default 4
+	Sessions       int        `toml:"sessions"`        // connections per primary; default 10
 	Batch          int        `toml:"batch"`           // deliveries read per claim; default 200
 	Lease          Duration   `toml:"lease"`           // domain lease length; default 2m
 	ConnectTimeout Duration   `toml:"connect_timeout"` // default 30s
@@ -346,7 +346,7 @@ func (c *Config) Validate() error {
 	}
 	defDur(&c.Queue.ProbeInterval, 30*time.Second)
 	defInt(&c.Queue.Workers, 16)
-	defInt(&c.Queue.Sessions, 4)
+	defInt(&c.Queue.Sessions, 10)
 	defInt(&c.Queue.Batch, 200)
 	defDur(&c.Queue.Lease, 2*time.Minute)
 	defDur(&c.Queue.ConnectTimeout, 30*time.Second)

@@ -46,11 +46,15 @@ type Scheduler struct {
 	once    sync.Once
 	kick    chan struct{}
 	probing sync.Mutex // one probe round at a time
+
+	downMu sync.Mutex
+	down   map[string]bool // configured domains whose primary refused us last
 }
 
 func (s *Scheduler) init() {
 	s.once.Do(func() {
 		s.kick = make(chan struct{}, 1)
+		s.down = make(map[string]bool)
 		if s.Now == nil {
 			s.Now = time.Now
 		}
@@ -75,6 +79,39 @@ func (s *Scheduler) Kick() {
 	}
 }
 
+// Enqueued is told the domains of a message just accepted. It wakes the
+// loop unless every one of them is known down: their mail goes when a probe
+// answers (or at the next poll), so a burst of arrivals for a dead primary
+// doesn't cost a claim, a dial and a store write each.
+func (s *Scheduler) Enqueued(domains []string) {
+	s.init()
+	s.downMu.Lock()
+	all := len(domains) > 0
+	for _, d := range domains {
+		if !s.down[d] {
+			all = false
+			break
+		}
+	}
+	s.downMu.Unlock()
+	if !all {
+		s.Kick()
+	}
+}
+
+// setDown remembers whether a configured domain's primary is down. Only
+// configured domains are kept, so the map is bounded by the configuration.
+func (s *Scheduler) setDown(domain string, down bool) {
+	s.init()
+	s.downMu.Lock()
+	defer s.downMu.Unlock()
+	if down && s.Config.Domain(domain) != nil {
+		s.down[domain] = true
+	} else {
+		delete(s.down, domain)
+	}
+}
+
 // FlushDomain makes all of a domain's waiting mail due now and wakes the loop
 // (ETRN, a successful probe, the admin API).
 func (s *Scheduler) FlushDomain(ctx context.Context, domain, why string) error {
@@ -83,6 +120,7 @@ func (s *Scheduler) FlushDomain(ctx context.Context, domain, why string) error {
 	if err != nil {
 		return err
 	}
+	s.setDown(domain, false)
 	s.Log.Info("flush", "domain", domain, "reason", why, "deliveries", n)
 	s.Kick()
 	return nil
@@ -222,7 +260,7 @@ func (s *Scheduler) intervals() []time.Duration {
 
 // work delivers a leased domain's due mail over up to Queue.Sessions
 // sessions, batch after batch, until none is due or the primary is down.
-func (s *Scheduler) work(ctx context.Context, l *store.Lease, ds []store.Delivery) {
+func (s *Scheduler) work(ctx context.Context, l *store.Lease, first []store.Delivery) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	defer func() {
@@ -235,30 +273,132 @@ func (s *Scheduler) work(ctx context.Context, l *store.Lease, ds []store.Deliver
 
 	c := &cycle{s: s, lease: l, intervals: s.intervals(), retention: s.retention(l.Domain)}
 	defer c.close()
-	for len(ds) > 0 && ctx.Err() == nil {
-		results := c.deliverBatch(ctx, ds)
+
+	// Three stages run at once, so that sessions never wait for the store:
+	// a feeder reads due deliveries (never one already in flight), up to
+	// Queue.Sessions senders deliver them, and this goroutine records the
+	// results in groups. Memory is bounded by two batches.
+	batch := s.Config.Queue.Batch
+	jobs := make(chan store.Delivery, batch)
+	results := make(chan store.Result, batch)
+	recorded := make(chan struct{}, 1) // the feeder waits on it when all is in flight
+
+	var mu sync.Mutex
+	inflight := make(map[string]bool) // fed but not yet recorded
+	go func() {
+		defer close(jobs)
+		ds := first
+		for ctx.Err() == nil {
+			mu.Lock()
+			for _, d := range ds {
+				inflight[d.ID] = true
+			}
+			busy := len(inflight)
+			mu.Unlock()
+			for _, d := range ds {
+				select {
+				case jobs <- d:
+				case <-ctx.Done():
+					return
+				}
+			}
+			if len(ds) == 0 {
+				if busy == 0 {
+					return // nothing due, nothing in flight: the cycle is over
+				}
+				select { // wait for results: they may flush more mail due
+				case <-recorded:
+				case <-ctx.Done():
+					return
+				}
+			}
+			mu.Lock()
+			skip := make([]string, 0, len(inflight))
+			for id := range inflight {
+				skip = append(skip, id)
+			}
+			mu.Unlock()
+			var err error
+			ds, err = s.Store.More(ctx, l, s.Now(), batch, skip)
+			if err != nil {
+				if ctx.Err() == nil {
+					s.Log.Error("reading more work failed", "domain", l.Domain, "err", err)
+				}
+				cancel()
+				return
+			}
+		}
+	}()
+
+	var senders sync.WaitGroup
+	for range s.Config.Queue.Sessions {
+		senders.Go(func() {
+			var sess relay.Session
+			for d := range jobs {
+				var r store.Result
+				r, sess = c.deliverOne(ctx, &d, sess)
+				results <- r
+			}
+			if sess != nil {
+				sess.Close()
+			}
+		})
+	}
+	go func() {
+		senders.Wait()
+		close(results)
+	}()
+
+	pending := make([]store.Result, 0, batch)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	failed := false
+	record := func() {
+		if len(pending) == 0 || failed {
+			return
+		}
 		// Flush before recording: the flush makes the domain's waiting mail
-		// due now, and must not override the schedule of this batch's own
-		// deferred recipients, which Complete writes next.
-		if c.flush {
-			c.flush = false
+		// due now, and must not override the schedule of these results'
+		// own deferred recipients, which Complete writes next.
+		if c.takeFlush() {
 			if n, err := s.Store.Flush(ctx, store.Filter{Domain: l.Domain}, s.Now()); err != nil {
 				s.Log.Error("flush after success failed", "domain", l.Domain, "err", err)
 			} else if n > 0 {
 				s.Log.Info("flush", "domain", l.Domain, "reason", "delivery succeeded", "deliveries", n)
 			}
 		}
-		if err := s.Store.Complete(context.WithoutCancel(ctx), l, results); err != nil {
-			// Lease lost or store fault: the outcome is not recorded, so these
-			// deliveries are tried again later (at least once, never lost).
-			s.Log.Error("recording outcomes failed", "domain", l.Domain, "count", len(results), "err", err)
+		if err := s.Store.Complete(context.WithoutCancel(ctx), l, pending); err != nil {
+			// Lease lost or store fault: these outcomes are not recorded, so
+			// the deliveries are tried again later (at least once, never lost).
+			s.Log.Error("recording outcomes failed", "domain", l.Domain, "count", len(pending), "err", err)
+			failed = true
+			cancel()
 			return
 		}
-		var err error
-		ds, err = s.Store.More(ctx, l, s.Now(), s.Config.Queue.Batch, nil)
-		if err != nil {
-			s.Log.Error("reading more work failed", "domain", l.Domain, "err", err)
-			return
+		mu.Lock()
+		for _, r := range pending {
+			delete(inflight, r.ID)
+		}
+		mu.Unlock()
+		pending = pending[:0]
+		select {
+		case recorded <- struct{}{}:
+		default:
+		}
+	}
+	for {
+		select {
+		case r, ok := <-results:
+			if !ok {
+				record()
+				return
+			}
+			pending = append(pending, r)
+			if len(pending) >= max(batch/4, 1) {
+				record()
+			}
+		case <-tick.C:
+			record()
 		}
 	}
 }
@@ -291,52 +431,32 @@ type cycle struct {
 	intervals []time.Duration
 	retention time.Duration
 
-	mu       sync.Mutex
-	sessions []relay.Session // idle sessions for reuse across batches
-	downErr  error           // set once the primary refused us: no more dialing
-	flush    bool            // a delivery succeeded: flush the domain's waiting mail
-	flushed  bool            // flush was already requested in this cycle
+	mu      sync.Mutex
+	downErr error // set once the primary refused us: no more dialing
+	flush   bool  // a delivery succeeded: flush the domain's waiting mail
+	flushed bool  // flush was already requested in this cycle
 }
 
+// takeFlush reports (once per cycle) that a delivery succeeded and the
+// domain's waiting mail should be made due.
+func (c *cycle) takeFlush() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	f := c.flush
+	c.flush = false
+	return f
+}
+
+// close records that the cycle ended; a domain whose primary refused us is
+// remembered as down until a probe or a delivery says otherwise.
 func (c *cycle) close() {
-	for _, ss := range c.sessions {
-		ss.Close()
-	}
-	c.sessions = nil
+	c.mu.Lock()
+	down := c.downErr != nil && !c.flushed
+	c.mu.Unlock()
+	c.s.setDown(c.lease.Domain, down)
 }
 
-// deliverBatch attempts each delivery once and returns their results.
-func (c *cycle) deliverBatch(ctx context.Context, ds []store.Delivery) []store.Result {
-	results := make([]store.Result, len(ds))
-	jobs := make(chan int)
-	n := min(c.s.Config.Queue.Sessions, len(ds))
-	var wg sync.WaitGroup
-	for range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var sess relay.Session
-			defer func() {
-				if sess != nil {
-					c.mu.Lock()
-					c.sessions = append(c.sessions, sess)
-					c.mu.Unlock()
-				}
-			}()
-			for i := range jobs {
-				results[i], sess = c.deliverOne(ctx, &ds[i], sess)
-			}
-		}()
-	}
-	for i := range ds {
-		jobs <- i
-	}
-	close(jobs)
-	wg.Wait()
-	return results
-}
-
-// session returns a usable session: the one given, an idle one, or a new one.
+// session returns a usable session: the one given, or a new one.
 func (c *cycle) session(ctx context.Context, sess relay.Session) (relay.Session, error) {
 	if sess != nil {
 		return sess, nil
@@ -346,12 +466,6 @@ func (c *cycle) session(ctx context.Context, sess relay.Session) (relay.Session,
 		err := c.downErr
 		c.mu.Unlock()
 		return nil, err
-	}
-	if k := len(c.sessions); k > 0 {
-		sess = c.sessions[k-1]
-		c.sessions = c.sessions[:k-1]
-		c.mu.Unlock()
-		return sess, nil
 	}
 	c.mu.Unlock()
 	dctx, cancel := context.WithTimeout(ctx, c.s.Config.Queue.ConnectTimeout.D()+time.Minute)

@@ -400,3 +400,64 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestBacklogDeliveredOnce: a backlog larger than a batch goes through the
+// feeder, the senders and the recorder with every message delivered exactly
+// once, in one work cycle.
+func TestBacklogDeliveredOnce(t *testing.T) {
+	h := newHarness(t, "batch = 16\nsessions = 3")
+	h.net.setUp("example.test", true)
+	want := map[string]bool{}
+	for range 300 {
+		want[h.enqueue("alice@sender.test", "bob@example.test")] = true
+	}
+	h.runDue()
+	got := map[string]int{}
+	for _, m := range h.net.received() {
+		got[m.id]++
+	}
+	for id := range want {
+		if got[id] != 1 {
+			t.Fatalf("%s delivered %d times", id, got[id])
+		}
+	}
+	if len(got) != len(want) {
+		t.Fatalf("delivered %d distinct, want %d", len(got), len(want))
+	}
+	if rest := h.list(store.Filter{}); len(rest) != 0 {
+		t.Fatalf("%d left in the queue", len(rest))
+	}
+}
+
+// TestEnqueuedSkipsDownDomains: news of mail for a primary known to be down
+// doesn't wake the loop; news for any other domain does, and so does a flush.
+func TestEnqueuedSkipsDownDomains(t *testing.T) {
+	h := newHarness(t, "")
+	h.enqueue("alice@sender.test", "bob@example.test")
+	h.runDue() // the dial fails: example.test is down
+	drain := func() bool {
+		select {
+		case <-h.s.kick:
+			return true
+		default:
+			return false
+		}
+	}
+	drain()
+	h.s.Enqueued([]string{"example.test"})
+	if drain() {
+		t.Fatal("kicked for a domain known down")
+	}
+	h.s.Enqueued([]string{"example.test", "other.test"})
+	if !drain() {
+		t.Fatal("no kick for a domain not known down")
+	}
+	if err := h.s.FlushDomain(context.Background(), "example.test", "test"); err != nil {
+		t.Fatal(err)
+	}
+	drain()
+	h.s.Enqueued([]string{"example.test"})
+	if !drain() {
+		t.Fatal("a flushed domain is still treated as down")
+	}
+}
