@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"backupmx/internal/config"
@@ -49,6 +50,11 @@ type Scheduler struct {
 
 	downMu sync.Mutex
 	down   map[string]bool // configured domains whose primary refused us last
+	// flushes counts flushes (probe, ETRN, admin, success). A work cycle
+	// that cached "primary down" forgets it when this moves, and results
+	// decided before the move are made due again rather than deferred, so
+	// that no flush is overwritten by a cycle that was already running.
+	flushes atomic.Int64
 }
 
 func (s *Scheduler) init() {
@@ -99,6 +105,17 @@ func (s *Scheduler) Enqueued(domains []string) {
 	}
 }
 
+// Flushed is told that mail was made due by someone else (the admin API's
+// flush or release): every domain is presumed up again, and the loop wakes.
+func (s *Scheduler) Flushed() {
+	s.init()
+	s.downMu.Lock()
+	clear(s.down)
+	s.downMu.Unlock()
+	s.flushes.Add(1)
+	s.Kick()
+}
+
 // setDown remembers whether a configured domain's primary is down. Only
 // configured domains are kept, so the map is bounded by the configuration.
 func (s *Scheduler) setDown(domain string, down bool) {
@@ -121,6 +138,7 @@ func (s *Scheduler) FlushDomain(ctx context.Context, domain, why string) error {
 		return err
 	}
 	s.setDown(domain, false)
+	s.flushes.Add(1)
 	s.Log.Info("flush", "domain", domain, "reason", why, "deliveries", n)
 	s.Kick()
 	return nil
@@ -280,7 +298,7 @@ func (s *Scheduler) work(ctx context.Context, l *store.Lease, first []store.Deli
 	// results in groups. Memory is bounded by two batches.
 	batch := s.Config.Queue.Batch
 	jobs := make(chan store.Delivery, batch)
-	results := make(chan store.Result, batch)
+	results := make(chan decided, batch)
 	recorded := make(chan struct{}, 1) // the feeder waits on it when all is in flight
 
 	var mu sync.Mutex
@@ -335,9 +353,10 @@ func (s *Scheduler) work(ctx context.Context, l *store.Lease, first []store.Deli
 		senders.Go(func() {
 			var sess relay.Session
 			for d := range jobs {
+				flushes := s.flushes.Load()
 				var r store.Result
 				r, sess = c.deliverOne(ctx, &d, sess)
-				results <- r
+				results <- decided{r, flushes}
 			}
 			if sess != nil {
 				sess.Close()
@@ -350,6 +369,7 @@ func (s *Scheduler) work(ctx context.Context, l *store.Lease, first []store.Deli
 	}()
 
 	pending := make([]store.Result, 0, batch)
+	var stale []int // indexes in pending decided before the latest flush
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	failed := false
@@ -360,6 +380,15 @@ func (s *Scheduler) work(ctx context.Context, l *store.Lease, first []store.Deli
 		// Flush before recording: the flush makes the domain's waiting mail
 		// due now, and must not override the schedule of these results'
 		// own deferred recipients, which Complete writes next.
+		if len(stale) > 0 {
+			now := s.Now()
+			for _, i := range stale {
+				if pending[i].Next.After(now) {
+					pending[i].Next = now // a flush came after this deferral
+				}
+			}
+			stale = stale[:0]
+		}
 		if c.takeFlush() {
 			if n, err := s.Store.Flush(ctx, store.Filter{Domain: l.Domain}, s.Now()); err != nil {
 				s.Log.Error("flush after success failed", "domain", l.Domain, "err", err)
@@ -393,7 +422,10 @@ func (s *Scheduler) work(ctx context.Context, l *store.Lease, first []store.Deli
 				record()
 				return
 			}
-			pending = append(pending, r)
+			if r.flushes != s.flushes.Load() {
+				stale = append(stale, len(pending))
+			}
+			pending = append(pending, r.Result)
 			if len(pending) >= max(batch/4, 1) {
 				record()
 			}
@@ -401,6 +433,12 @@ func (s *Scheduler) work(ctx context.Context, l *store.Lease, first []store.Deli
 			record()
 		}
 	}
+}
+
+// decided is one result and the flush count when its attempt began.
+type decided struct {
+	store.Result
+	flushes int64
 }
 
 // renew keeps the lease alive while work goes on; losing it stops the work.
@@ -431,10 +469,11 @@ type cycle struct {
 	intervals []time.Duration
 	retention time.Duration
 
-	mu      sync.Mutex
-	downErr error // set once the primary refused us: no more dialing
-	flush   bool  // a delivery succeeded: flush the domain's waiting mail
-	flushed bool  // flush was already requested in this cycle
+	mu        sync.Mutex
+	downErr   error // set once the primary refused us: no more dialing…
+	downSince int64 // …until Scheduler.flushes moves past this
+	flush     bool  // a delivery succeeded: flush the domain's waiting mail
+	flushed   bool  // flush was already requested in this cycle
 }
 
 // takeFlush reports (once per cycle) that a delivery succeeded and the
@@ -462,24 +501,26 @@ func (c *cycle) session(ctx context.Context, sess relay.Session) (relay.Session,
 		return sess, nil
 	}
 	c.mu.Lock()
-	if c.downErr != nil {
+	if c.downErr != nil && c.downSince == c.s.flushes.Load() {
 		err := c.downErr
 		c.mu.Unlock()
 		return nil, err
 	}
 	c.mu.Unlock()
+	flushes := c.s.flushes.Load()
 	dctx, cancel := context.WithTimeout(ctx, c.s.Config.Queue.ConnectTimeout.D()+time.Minute)
 	defer cancel()
 	sess, err := c.s.Dialer.Dial(dctx, c.lease.Domain)
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if err != nil {
-		c.mu.Lock()
-		if c.downErr == nil {
-			c.downErr = err
+		if c.downErr == nil || c.downSince != flushes {
+			c.downErr, c.downSince = err, flushes
 			c.s.Log.Warn("primary down", "domain", c.lease.Domain, "err", err)
 		}
-		c.mu.Unlock()
 		return nil, err
 	}
+	c.downErr = nil
 	return sess, nil
 }
 

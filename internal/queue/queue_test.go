@@ -45,7 +45,8 @@ type fakeNet struct {
 	replies map[string]relay.Reply // recipient → reply instead of 250
 	got     []sent
 	probes  int
-	noDSN   bool // the primaries do not support DSN
+	noDSN   bool                // the primaries do not support DSN
+	onDial  func(domain string) // called (unlocked) before each dial
 }
 
 func newFakeNet() *fakeNet {
@@ -65,6 +66,9 @@ func (n *fakeNet) received() []sent {
 }
 
 func (n *fakeNet) Dial(ctx context.Context, domain string) (relay.Session, error) {
+	if n.onDial != nil {
+		n.onDial(domain)
+	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if !n.up[domain] {
@@ -459,5 +463,33 @@ func TestEnqueuedSkipsDownDomains(t *testing.T) {
 	h.s.Enqueued([]string{"example.test"})
 	if !drain() {
 		t.Fatal("a flushed domain is still treated as down")
+	}
+}
+
+// TestFlushDuringDownCycle: a flush that arrives while a work cycle is
+// deferring mail for a dead primary is not lost: the cycle dials again, and
+// what it deferred before the flush is due again, not pushed back 10 minutes.
+func TestFlushDuringDownCycle(t *testing.T) {
+	h := newHarness(t, "batch = 8\nsessions = 2")
+	for range 40 {
+		h.enqueue("alice@sender.test", "bob@example.test")
+	}
+	var once sync.Once
+	h.net.onDial = func(string) {
+		once.Do(func() {
+			// The primary comes back and the operator flushes while this
+			// dial (which still fails) is in progress.
+			defer h.net.setUp("example.test", true)
+			if err := h.s.FlushDomain(context.Background(), "example.test", "test"); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	h.runDue()
+	if rest := h.list(store.Filter{}); len(rest) != 0 {
+		t.Fatalf("%d deliveries left after the flush (first: %+v)", len(rest), rest[0])
+	}
+	if got := len(h.net.received()); got != 40 {
+		t.Fatalf("delivered %d, want 40", got)
 	}
 }
