@@ -47,6 +47,7 @@ type fakeNet struct {
 	probes  int
 	noDSN   bool                // the primaries do not support DSN
 	onDial  func(domain string) // called (unlocked) before each dial
+	refuse  int                 // refuse this many dials even to domains up
 }
 
 func newFakeNet() *fakeNet {
@@ -71,6 +72,10 @@ func (n *fakeNet) Dial(ctx context.Context, domain string) (relay.Session, error
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if n.refuse > 0 {
+		n.refuse--
+		return nil, errors.New("dial tcp 127.0.0.1:2526: connect: connection refused")
+	}
 	if !n.up[domain] {
 		return nil, errors.New("dial tcp 127.0.0.1:2526: connect: connection refused")
 	}
@@ -470,7 +475,7 @@ func TestEnqueuedSkipsDownDomains(t *testing.T) {
 // deferring mail for a dead primary is not lost: the cycle dials again, and
 // what it deferred before the flush is due again, not pushed back 10 minutes.
 func TestFlushDuringDownCycle(t *testing.T) {
-	h := newHarness(t, "batch = 8\nsessions = 2")
+	h := newHarness(t, "batch = 8\nsessions = 1")
 	for range 40 {
 		h.enqueue("alice@sender.test", "bob@example.test")
 	}
@@ -479,7 +484,10 @@ func TestFlushDuringDownCycle(t *testing.T) {
 		once.Do(func() {
 			// The primary comes back and the operator flushes while this
 			// dial (which still fails) is in progress.
-			defer h.net.setUp("example.test", true)
+			h.net.setUp("example.test", true)
+			h.net.mu.Lock()
+			h.net.refuse = 1
+			h.net.mu.Unlock()
 			if err := h.s.FlushDomain(context.Background(), "example.test", "test"); err != nil {
 				t.Error(err)
 			}
