@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/textproto"
 	"strconv"
 	"strings"
 	"time"
@@ -221,7 +220,7 @@ func (c *smtpConn) dotWriter() interface {
 	Write([]byte) (int, error)
 	Close() error
 } {
-	return textproto.NewWriter(c.bw).DotWriter()
+	return newDotStuffer(c.bw)
 }
 
 // replyError is a reply that ended a step of the dialogue.
