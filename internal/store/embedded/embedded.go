@@ -73,6 +73,7 @@ type Store struct {
 	log    *slog.Logger
 	wdb    *sql.DB // one connection, used only by the writer goroutine
 	rdb    *sql.DB // read-only pool
+	rst    *rstmts // prepared on rdb
 	lockFD *os.File
 
 	w *writer
@@ -178,11 +179,14 @@ func (s *Store) open(o options) error {
 	}
 	s.rdb.SetMaxOpenConns(8)
 	s.rdb.SetMaxIdleConns(8)
+	if s.rst, err = prepareReaders(s.rdb); err != nil {
+		return err
+	}
 	if err := s.sweep(); err != nil {
 		return err
 	}
-	s.w = newWriter(s.wdb, o.maxBatch)
-	return nil
+	s.w, err = newWriter(s.wdb, o.maxBatch)
+	return err
 }
 
 // sweep removes leftover temporary files and body files that have no row.
@@ -223,7 +227,7 @@ func (s *Store) sweepShard(shard string) (int, error) {
 		names, err := d.Readdirnames(1024)
 		for _, name := range names {
 			var one int
-			err := s.rdb.QueryRow(`SELECT 1 FROM messages WHERE id = ?`, name).Scan(&one)
+			err := s.rst.hasMessage.QueryRow(name).Scan(&one)
 			if errors.Is(err, sql.ErrNoRows) {
 				s.log.Warn("store sweep: body without row", "id", name)
 				if err := os.Remove(filepath.Join(shard, name)); err != nil {
@@ -258,7 +262,10 @@ func (s *Store) Close() error {
 func (s *Store) closeAll() error {
 	var errs []error
 	if s.w != nil {
-		s.w.close()
+		errs = append(errs, s.w.close())
+	}
+	if s.rst != nil {
+		s.rst.close()
 	}
 	if s.rdb != nil {
 		errs = append(errs, s.rdb.Close())

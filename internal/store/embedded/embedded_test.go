@@ -3,7 +3,6 @@ package embedded
 import (
 	"bytes"
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 	"os"
@@ -120,7 +119,7 @@ func TestCrashBetweenBodyAndRow(t *testing.T) {
 	doms := map[string][]store.Recipient{"a.test": {{Addr: "u@a.test"}}}
 
 	// The row commit fails (injected with a trigger): nothing is kept.
-	err := s.w.do(ctx, "", func(tx *sql.Tx) error {
+	err := s.w.do(ctx, "", func(tx *wtx) error {
 		_, err := tx.Exec(`CREATE TEMP TRIGGER fail BEFORE INSERT ON messages WHEN NEW.id = 'refused'
 			BEGIN SELECT RAISE(ABORT, 'injected failure'); END`)
 		return err

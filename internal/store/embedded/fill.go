@@ -5,7 +5,6 @@ package embedded
 
 import (
 	"context"
-	"database/sql"
 	"encoding/json"
 	"os"
 	"syscall"
@@ -65,23 +64,13 @@ func (s *Store) Fill(ctx context.Context, items []FillItem, body []byte) error {
 		rows = append(rows, r)
 	}
 	syscall.Sync() // sync(2): every body file written above is durable
-	return s.w.do(ctx, "", func(tx *sql.Tx) error {
-		msg, err := tx.Prepare(`INSERT INTO messages (id, envelope, size) VALUES (?, ?, ?)`)
-		if err != nil {
-			return err
-		}
-		defer msg.Close()
-		del, err := tx.Prepare(`INSERT INTO deliveries (id, domain, recipients, next_attempt, attempts, last_error) VALUES (?, ?, ?, ?, ?, ?)`)
-		if err != nil {
-			return err
-		}
-		defer del.Close()
+	return s.w.do(ctx, "", func(tx *wtx) error {
 		for _, r := range rows {
-			if _, err := msg.Exec(r.id, r.env, len(body)); err != nil {
+			if _, err := tx.insMessage.Exec(r.id, r.env, len(body)); err != nil {
 				return err
 			}
 			for dom, rc := range r.rcpts {
-				if _, err := del.Exec(r.id, dom, rc, r.next, r.att, r.lastErr); err != nil {
+				if _, err := tx.insDelivery.Exec(r.id, dom, rc, r.next, r.att, r.lastErr); err != nil {
 					return err
 				}
 			}

@@ -70,13 +70,12 @@ func (s *Store) Enqueue(ctx context.Context, env *store.Envelope, body io.Reader
 	}
 
 	next := nanos(env.Received)
-	err = s.w.do(ctx, filepath.Dir(final), func(tx *sql.Tx) error {
-		if _, err := tx.Exec(`INSERT INTO messages (id, envelope, size) VALUES (?, ?, ?)`, env.ID, string(envJSON), n); err != nil {
+	err = s.w.do(ctx, filepath.Dir(final), func(tx *wtx) error {
+		if _, err := tx.insMessage.Exec(env.ID, string(envJSON), n); err != nil {
 			return err
 		}
 		for dom, r := range rcpts {
-			if _, err := tx.Exec(`INSERT INTO deliveries (id, domain, recipients, next_attempt) VALUES (?, ?, ?, ?)`,
-				env.ID, dom, r, next); err != nil {
+			if _, err := tx.insDelivery.Exec(env.ID, dom, r, next, 0, ""); err != nil {
 				return err
 			}
 		}
@@ -102,22 +101,18 @@ func (s *Store) Claim(ctx context.Context, owner string, now time.Time, ttl time
 		lease *store.Lease
 		rows  []rawDelivery
 	)
-	err := s.w.do(ctx, "", func(tx *sql.Tx) error {
+	err := s.w.do(ctx, "", func(tx *wtx) error {
 		domain, found, err := claimDomain(tx, n)
 		if err != nil || !found {
 			return err
 		}
 		exp := now.Add(ttl)
 		var token int64
-		err = tx.QueryRow(`
-			INSERT INTO leases (domain, owner, token, expires) VALUES (?, ?, 1, ?)
-			ON CONFLICT (domain) DO UPDATE SET owner = excluded.owner, token = leases.token + 1, expires = excluded.expires
-			RETURNING token`, domain, owner, nanos(exp)).Scan(&token)
+		err = tx.claimLease.QueryRow(domain, owner, nanos(exp)).Scan(&token)
 		if err != nil {
 			return err
 		}
-		rows, err = queryDeliveries(tx, `WHERE d.domain = ? AND d.held = 0 AND d.next_attempt <= ?
-			ORDER BY d.next_attempt, d.id LIMIT ?`, domain, n, limit)
+		rows, err = scanDeliveries(tx.claimDeliveries.Query(domain, n, limit))
 		if err != nil {
 			return err
 		}
@@ -165,16 +160,16 @@ const (
 // being drained fills the front of the queue), it walks the domains through
 // deliveries_domain instead, two index seeks per domain, so a Claim never
 // reads a leased domain's whole backlog.
-func claimDomain(tx *sql.Tx, n int64) (string, bool, error) {
+func claimDomain(tx *wtx, n int64) (string, bool, error) {
 	var (
 		read   int
 		domain sql.NullString
 	)
-	err := tx.QueryRow(claimFrontSQL, n, claimLookahead).Scan(&read, &domain)
+	err := tx.claimFront.QueryRow(n, claimLookahead).Scan(&read, &domain)
 	if err != nil || domain.Valid || read < claimLookahead {
 		return domain.String, domain.Valid, err
 	}
-	err = tx.QueryRow(claimWalkSQL, n).Scan(&domain)
+	err = tx.claimWalk.QueryRow(n).Scan(&domain)
 	if errors.Is(err, sql.ErrNoRows) {
 		return "", false, nil
 	}
@@ -193,9 +188,7 @@ func (s *Store) More(ctx context.Context, l *store.Lease, now time.Time, limit i
 	if err != nil {
 		return nil, err
 	}
-	rows, err := queryDeliveries(ctxQuerier{ctx, s.rdb}, `WHERE d.domain = ? AND d.held = 0 AND d.next_attempt <= ?
-		AND d.id NOT IN (SELECT value FROM json_each(?))
-		ORDER BY d.next_attempt, d.id LIMIT ?`, l.Domain, nanos(now), string(skipJSON), clampLimit(limit))
+	rows, err := scanDeliveries(s.rst.more.QueryContext(ctx, l.Domain, nanos(now), string(skipJSON), clampLimit(limit)))
 	if err != nil {
 		return nil, err
 	}
@@ -204,8 +197,7 @@ func (s *Store) More(ctx context.Context, l *store.Lease, now time.Time, limit i
 
 func (s *Store) checkLease(ctx context.Context, l *store.Lease) error {
 	var one int
-	err := s.rdb.QueryRowContext(ctx, `SELECT 1 FROM leases WHERE domain = ? AND owner = ? AND token = ? AND expires != 0`,
-		l.Domain, l.Owner, l.Token).Scan(&one)
+	err := s.rst.leaseHeld.QueryRowContext(ctx, l.Domain, l.Owner, l.Token).Scan(&one)
 	if errors.Is(err, sql.ErrNoRows) {
 		return store.ErrLeaseLost
 	}
@@ -214,9 +206,8 @@ func (s *Store) checkLease(ctx context.Context, l *store.Lease) error {
 
 // Renew implements store.Store. It does not modify *l.
 func (s *Store) Renew(ctx context.Context, l *store.Lease, now time.Time, ttl time.Duration) error {
-	return s.w.do(ctx, "", func(tx *sql.Tx) error {
-		res, err := tx.Exec(`UPDATE leases SET expires = ? WHERE domain = ? AND owner = ? AND token = ? AND expires > ?`,
-			nanos(now.Add(ttl)), l.Domain, l.Owner, l.Token, nanos(now))
+	return s.w.do(ctx, "", func(tx *wtx) error {
+		res, err := tx.renew.Exec(nanos(now.Add(ttl)), l.Domain, l.Owner, l.Token, nanos(now))
 		if err != nil {
 			return err
 		}
@@ -230,9 +221,8 @@ func (s *Store) Renew(ctx context.Context, l *store.Lease, now time.Time, ttl ti
 // ReleaseLease implements store.Store. The token stays so that the next
 // lease on the domain gets a larger one.
 func (s *Store) ReleaseLease(ctx context.Context, l *store.Lease) error {
-	return s.w.do(ctx, "", func(tx *sql.Tx) error {
-		_, err := tx.Exec(`UPDATE leases SET owner = '', expires = 0 WHERE domain = ? AND owner = ? AND token = ?`,
-			l.Domain, l.Owner, l.Token)
+	return s.w.do(ctx, "", func(tx *wtx) error {
+		_, err := tx.release.Exec(l.Domain, l.Owner, l.Token)
 		return err
 	})
 }
@@ -241,11 +231,10 @@ func (s *Store) ReleaseLease(ctx context.Context, l *store.Lease) error {
 // after the commit.
 func (s *Store) Complete(ctx context.Context, l *store.Lease, results []store.Result) error {
 	var gone []string
-	err := s.w.do(ctx, "", func(tx *sql.Tx) error {
+	err := s.w.do(ctx, "", func(tx *wtx) error {
 		gone = gone[:0]
 		var one int
-		err := tx.QueryRow(`SELECT 1 FROM leases WHERE domain = ? AND owner = ? AND token = ? AND expires != 0`,
-			l.Domain, l.Owner, l.Token).Scan(&one)
+		err := tx.leaseHeld.QueryRow(l.Domain, l.Owner, l.Token).Scan(&one)
 		if errors.Is(err, sql.ErrNoRows) {
 			return store.ErrLeaseLost
 		}
@@ -275,9 +264,9 @@ func (s *Store) Complete(ctx context.Context, l *store.Lease, results []store.Re
 // completeOne applies r to the delivery (r.ID, domain) and reports whether
 // the whole message is gone. A delivery that no longer exists (deleted by an
 // operator) is skipped.
-func completeOne(tx *sql.Tx, domain string, r store.Result) (bool, error) {
+func completeOne(tx *wtx, domain string, r store.Result) (bool, error) {
 	var rj string
-	err := tx.QueryRow(`SELECT recipients FROM deliveries WHERE id = ? AND domain = ?`, r.ID, domain).Scan(&rj)
+	err := tx.completeRow.QueryRow(r.ID, domain).Scan(&rj)
 	if errors.Is(err, sql.ErrNoRows) {
 		return false, nil
 	}
@@ -310,29 +299,28 @@ func completeOne(tx *sql.Tx, domain string, r store.Result) (bool, error) {
 		if r.Attempted {
 			attempted = 1
 		}
-		_, err = tx.Exec(`UPDATE deliveries SET recipients = ?, next_attempt = ?, last_error = ?, attempts = attempts + ?
-			WHERE id = ? AND domain = ?`, string(b), nanos(r.Next), r.LastError, attempted, r.ID, domain)
+		_, err = tx.updDelivery.Exec(string(b), nanos(r.Next), r.LastError, attempted, r.ID, domain)
 		return false, err
 	}
-	if _, err := tx.Exec(`DELETE FROM deliveries WHERE id = ? AND domain = ?`, r.ID, domain); err != nil {
+	if _, err := tx.delDelivery.Exec(r.ID, domain); err != nil {
 		return false, err
 	}
 	var one int
-	err = tx.QueryRow(`SELECT 1 FROM deliveries WHERE id = ? LIMIT 1`, r.ID).Scan(&one)
+	err = tx.hasDeliveries.QueryRow(r.ID).Scan(&one)
 	if err == nil {
 		return false, nil
 	}
 	if !errors.Is(err, sql.ErrNoRows) {
 		return false, err
 	}
-	_, err = tx.Exec(`DELETE FROM messages WHERE id = ?`, r.ID)
+	_, err = tx.delMessage.Exec(r.ID)
 	return err == nil, err
 }
 
 // NextDue implements store.Store.
 func (s *Store) NextDue(ctx context.Context) (time.Time, bool, error) {
 	var n sql.NullInt64
-	err := s.rdb.QueryRowContext(ctx, `SELECT MIN(next_attempt) FROM deliveries WHERE held = 0`).Scan(&n)
+	err := s.rst.nextDue.QueryRowContext(ctx).Scan(&n)
 	if err != nil || !n.Valid {
 		return time.Time{}, false, err
 	}
@@ -371,7 +359,7 @@ func (s *Store) Body(ctx context.Context, id string) (io.ReadCloser, error) {
 		return nil, store.ErrNotFound
 	}
 	var one int
-	err := s.rdb.QueryRowContext(ctx, `SELECT 1 FROM messages WHERE id = ?`, id).Scan(&one)
+	err := s.rst.hasMessage.QueryRowContext(ctx, id).Scan(&one)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, store.ErrNotFound
 	}
@@ -399,7 +387,7 @@ func (s *Store) List(ctx context.Context, f store.Filter, p store.Page) ([]store
 		args = append(args, id, dom)
 	}
 	args = append(args, clampLimit(p.Limit))
-	rows, err := queryDeliveries(ctxQuerier{ctx, s.rdb}, "WHERE "+where+" ORDER BY d.id, d.domain LIMIT ?", args...)
+	rows, err := scanDeliveries(s.rdb.QueryContext(ctx, selectDeliveries+"WHERE "+where+" ORDER BY d.id, d.domain LIMIT ?", args...))
 	if err != nil {
 		return nil, err
 	}
@@ -439,7 +427,7 @@ func (s *Store) Unhold(ctx context.Context, f store.Filter, now time.Time) (int,
 
 func (s *Store) update(ctx context.Context, q string, args []any) (int, error) {
 	var n int64
-	err := s.w.do(ctx, "", func(tx *sql.Tx) error {
+	err := s.w.do(ctx, "", func(tx *wtx) error {
 		res, err := tx.Exec(q, args...)
 		if err != nil {
 			return err
@@ -455,11 +443,11 @@ func (s *Store) Delete(ctx context.Context, id string) error {
 	if checkID(id) != nil {
 		return store.ErrNotFound
 	}
-	err := s.w.do(ctx, "", func(tx *sql.Tx) error {
-		if _, err := tx.Exec(`DELETE FROM deliveries WHERE id = ?`, id); err != nil {
+	err := s.w.do(ctx, "", func(tx *wtx) error {
+		if _, err := tx.delMessageDeliveries.Exec(id); err != nil {
 			return err
 		}
-		res, err := tx.Exec(`DELETE FROM messages WHERE id = ?`, id)
+		res, err := tx.delMessage.Exec(id)
 		if err != nil {
 			return err
 		}
@@ -508,22 +496,8 @@ type rawDelivery struct {
 	held                            bool
 }
 
-type querier interface {
-	Query(q string, args ...any) (*sql.Rows, error)
-}
-
-type ctxQuerier struct {
-	ctx context.Context
-	db  *sql.DB
-}
-
-func (c ctxQuerier) Query(q string, args ...any) (*sql.Rows, error) {
-	return c.db.QueryContext(c.ctx, q, args...)
-}
-
-func queryDeliveries(q querier, tail string, args ...any) ([]rawDelivery, error) {
-	rows, err := q.Query(`SELECT d.id, d.domain, d.recipients, d.attempts, d.next_attempt, d.last_error, d.held, m.envelope, m.size
-		FROM deliveries d JOIN messages m ON m.id = d.id `+tail, args...)
+// scanDeliveries reads the rows of a query on selectDeliveries.
+func scanDeliveries(rows *sql.Rows, err error) ([]rawDelivery, error) {
 	if err != nil {
 		return nil, err
 	}

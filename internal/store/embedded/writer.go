@@ -12,8 +12,13 @@ import (
 // it takes everything pending (up to maxBatch), fsyncs the body directories
 // those ops need, runs each op in its own savepoint of one transaction,
 // commits once, and answers each caller with its own error.
+//
+// It holds one connection for its whole life and prepares its statements on
+// it once (SQLite parsing and planning was the largest part of the cost of
+// a write); transactions are BEGIN IMMEDIATE … COMMIT on that connection.
 type writer struct {
-	db       *sql.DB
+	conn     *sql.Conn
+	st       *wstmts
 	maxBatch int
 	ops      chan *op
 
@@ -24,27 +29,53 @@ type writer struct {
 }
 
 type op struct {
-	dir  string              // directory to fsync before the commit, or ""
-	fn   func(*sql.Tx) error // runs inside the group's transaction
+	dir  string           // directory to fsync before the commit, or ""
+	fn   func(*wtx) error // runs inside the group's transaction
 	done chan error
 }
 
-func newWriter(db *sql.DB, maxBatch int) *writer {
+// wtx is the writer's open transaction as an op sees it: ad-hoc SQL and the
+// prepared statements, all on the writer's connection.
+type wtx struct {
+	ctx  context.Context
+	conn *sql.Conn
+	*wstmts
+}
+
+// Exec runs q (parsed each time: for rare statements).
+func (t *wtx) Exec(q string, args ...any) (sql.Result, error) {
+	return t.conn.ExecContext(t.ctx, q, args...)
+}
+
+// newWriter takes one connection of db for good, prepares the writer's
+// statements on it and starts the goroutine.
+func newWriter(db *sql.DB, maxBatch int) (*writer, error) {
+	ctx := context.Background()
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	st, err := prepareWriter(ctx, conn)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
 	w := &writer{
-		db:       db,
+		conn:     conn,
+		st:       st,
 		maxBatch: maxBatch,
 		ops:      make(chan *op, maxBatch),
 		quit:     make(chan struct{}),
 		exited:   make(chan struct{}),
 	}
 	go w.run()
-	return w
+	return w, nil
 }
 
 // do runs fn in the next group commit and returns once that commit is
 // durable (or failed). fn's own error rolls back only fn's writes. Once
 // handed over, an op is waited for even if ctx ends: its outcome is real.
-func (w *writer) do(ctx context.Context, dir string, fn func(*sql.Tx) error) error {
+func (w *writer) do(ctx context.Context, dir string, fn func(*wtx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -64,18 +95,20 @@ func (w *writer) do(ctx context.Context, dir string, fn func(*sql.Tx) error) err
 	return <-o.done
 }
 
-// close stops accepting ops, commits the ones already handed over, and
-// waits for the goroutine to end.
-func (w *writer) close() {
+// close stops accepting ops, commits the ones already handed over, waits
+// for the goroutine to end, and gives the connection back.
+func (w *writer) close() error {
 	w.mu.Lock()
 	if w.closed {
 		w.mu.Unlock()
-		return
+		return nil
 	}
 	w.closed = true
 	w.mu.Unlock()
 	close(w.quit)
 	<-w.exited
+	w.st.close()
+	return w.conn.Close()
 }
 
 func (w *writer) run() {
@@ -142,43 +175,44 @@ func (w *writer) commit(batch []*op) {
 	}
 
 	ctx := context.Background()
-	tx, err := w.db.BeginTx(ctx, nil)
-	if err != nil {
-		for i := range errs {
-			errs[i] = err
+	st := w.st
+	failAll := func(err error) {
+		for j := range errs {
+			if errs[j] == nil {
+				errs[j] = err
+			}
 		}
+	}
+	if _, err := st.begin.ExecContext(ctx); err != nil {
+		failAll(err)
 		return
 	}
+	tx := &wtx{ctx: ctx, conn: w.conn, wstmts: st}
 	for i, o := range batch {
 		if errs[i] != nil {
 			continue
 		}
-		if _, err := tx.ExecContext(ctx, "SAVEPOINT op"); err != nil {
+		if _, err := st.savepoint.ExecContext(ctx); err != nil {
 			errs[i] = err
 			continue
 		}
 		if err := o.fn(tx); err != nil {
 			errs[i] = err
-			if _, rerr := tx.ExecContext(ctx, "ROLLBACK TO op"); rerr != nil {
+			if _, rerr := st.rollbackTo.ExecContext(ctx); rerr != nil {
 				// The transaction is in an unknown state: fail everyone.
-				_ = tx.Rollback()
-				for j := range errs {
-					if errs[j] == nil {
-						errs[j] = rerr
-					}
-				}
+				_, _ = st.rollback.ExecContext(ctx)
+				failAll(rerr)
 				return
 			}
 		}
-		if _, err := tx.ExecContext(ctx, "RELEASE op"); err != nil && errs[i] == nil {
+		if _, err := st.releaseOp.ExecContext(ctx); err != nil && errs[i] == nil {
 			errs[i] = err
 		}
 	}
-	if err := tx.Commit(); err != nil {
-		for i := range errs {
-			if errs[i] == nil {
-				errs[i] = err
-			}
-		}
+	if _, err := st.commit.ExecContext(ctx); err != nil {
+		// A failed COMMIT may leave the transaction open (SQLITE_BUSY);
+		// end it so the next group starts clean.
+		_, _ = st.rollback.ExecContext(ctx)
+		failAll(err)
 	}
 }

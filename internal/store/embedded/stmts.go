@@ -1,0 +1,148 @@
+package embedded
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+)
+
+// The hot statements are prepared once: the writer's on its own connection
+// (wstmts), the readers' on the read pool (rstmts, prepared by database/sql
+// on each pooled connection the first time it runs there). Rare or
+// dynamically built statements (List, Flush, Hold, Waiting) are parsed per
+// call.
+
+const selectDeliveries = `SELECT d.id, d.domain, d.recipients, d.attempts, d.next_attempt, d.last_error, d.held, m.envelope, m.size
+		FROM deliveries d JOIN messages m ON m.id = d.id `
+
+// Statements of the writer (?1… as in each SQL text).
+const (
+	insMessageSQL  = `INSERT INTO messages (id, envelope, size) VALUES (?, ?, ?)`
+	insDeliverySQL = `INSERT INTO deliveries (id, domain, recipients, next_attempt, attempts, last_error) VALUES (?, ?, ?, ?, ?, ?)`
+	claimLeaseSQL  = `
+			INSERT INTO leases (domain, owner, token, expires) VALUES (?, ?, 1, ?)
+			ON CONFLICT (domain) DO UPDATE SET owner = excluded.owner, token = leases.token + 1, expires = excluded.expires
+			RETURNING token`
+	// claimDeliveriesSQL: domain, now, limit.
+	claimDeliveriesSQL = selectDeliveries + `WHERE d.domain = ? AND d.held = 0 AND d.next_attempt <= ?
+			ORDER BY d.next_attempt, d.id LIMIT ?`
+	leaseHeldSQL = `SELECT 1 FROM leases WHERE domain = ? AND owner = ? AND token = ? AND expires != 0`
+	renewSQL     = `UPDATE leases SET expires = ? WHERE domain = ? AND owner = ? AND token = ? AND expires > ?`
+	releaseSQL   = `UPDATE leases SET owner = '', expires = 0 WHERE domain = ? AND owner = ? AND token = ?`
+
+	completeRowSQL = `SELECT recipients FROM deliveries WHERE id = ? AND domain = ?`
+	updDeliverySQL = `UPDATE deliveries SET recipients = ?, next_attempt = ?, last_error = ?, attempts = attempts + ?
+			WHERE id = ? AND domain = ?`
+	delDeliverySQL   = `DELETE FROM deliveries WHERE id = ? AND domain = ?`
+	hasDeliveriesSQL = `SELECT 1 FROM deliveries WHERE id = ? LIMIT 1`
+
+	delMessageDeliveriesSQL = `DELETE FROM deliveries WHERE id = ?`
+	delMessageSQL           = `DELETE FROM messages WHERE id = ?`
+)
+
+// wstmts are the writer's prepared statements, valid on its connection only.
+type wstmts struct {
+	begin, commit, rollback, savepoint, releaseOp, rollbackTo *sql.Stmt
+
+	insMessage, insDelivery                              *sql.Stmt
+	claimFront, claimWalk, claimLease, claimDeliveries   *sql.Stmt
+	leaseHeld, renew, release                            *sql.Stmt
+	completeRow, updDelivery, delDelivery, hasDeliveries *sql.Stmt
+	delMessageDeliveries, delMessage                     *sql.Stmt
+	all                                                  []*sql.Stmt
+}
+
+func prepareWriter(ctx context.Context, conn *sql.Conn) (*wstmts, error) {
+	st := &wstmts{}
+	for _, p := range []struct {
+		dst **sql.Stmt
+		sql string
+	}{
+		{&st.begin, `BEGIN IMMEDIATE`},
+		{&st.commit, `COMMIT`},
+		{&st.rollback, `ROLLBACK`},
+		{&st.savepoint, `SAVEPOINT op`},
+		{&st.releaseOp, `RELEASE op`},
+		{&st.rollbackTo, `ROLLBACK TO op`},
+		{&st.insMessage, insMessageSQL},
+		{&st.insDelivery, insDeliverySQL},
+		{&st.claimFront, claimFrontSQL},
+		{&st.claimWalk, claimWalkSQL},
+		{&st.claimLease, claimLeaseSQL},
+		{&st.claimDeliveries, claimDeliveriesSQL},
+		{&st.leaseHeld, leaseHeldSQL},
+		{&st.renew, renewSQL},
+		{&st.release, releaseSQL},
+		{&st.completeRow, completeRowSQL},
+		{&st.updDelivery, updDeliverySQL},
+		{&st.delDelivery, delDeliverySQL},
+		{&st.hasDeliveries, hasDeliveriesSQL},
+		{&st.delMessageDeliveries, delMessageDeliveriesSQL},
+		{&st.delMessage, delMessageSQL},
+	} {
+		s, err := conn.PrepareContext(ctx, p.sql)
+		if err != nil {
+			st.close()
+			return nil, fmt.Errorf("embedded: prepare %q: %w", p.sql, err)
+		}
+		*p.dst = s
+		st.all = append(st.all, s)
+	}
+	return st, nil
+}
+
+func (st *wstmts) close() {
+	for _, s := range st.all {
+		_ = s.Close()
+	}
+}
+
+// Statements of the readers.
+const (
+	// moreSQL: domain, now, skipped ids (JSON), limit.
+	moreSQL = selectDeliveries + `WHERE d.domain = ? AND d.held = 0 AND d.next_attempt <= ?
+		AND d.id NOT IN (SELECT value FROM json_each(?))
+		ORDER BY d.next_attempt, d.id LIMIT ?`
+	nextDueSQL    = `SELECT MIN(next_attempt) FROM deliveries WHERE held = 0`
+	hasMessageSQL = `SELECT 1 FROM messages WHERE id = ?`
+)
+
+// rstmts are the readers' prepared statements, on the read pool.
+type rstmts struct {
+	leaseHeld, more, nextDue, hasMessage *sql.Stmt
+}
+
+func prepareReaders(db *sql.DB) (*rstmts, error) {
+	st := &rstmts{}
+	var errs []error
+	for _, p := range []struct {
+		dst **sql.Stmt
+		sql string
+	}{
+		{&st.leaseHeld, leaseHeldSQL},
+		{&st.more, moreSQL},
+		{&st.nextDue, nextDueSQL},
+		{&st.hasMessage, hasMessageSQL},
+	} {
+		s, err := db.Prepare(p.sql)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("embedded: prepare %q: %w", p.sql, err))
+			continue
+		}
+		*p.dst = s
+	}
+	if err := errors.Join(errs...); err != nil {
+		st.close()
+		return nil, err
+	}
+	return st, nil
+}
+
+func (st *rstmts) close() {
+	for _, s := range []*sql.Stmt{st.leaseHeld, st.more, st.nextDue, st.hasMessage} {
+		if s != nil {
+			_ = s.Close()
+		}
+	}
+}
