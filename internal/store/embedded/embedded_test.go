@@ -358,3 +358,46 @@ func (c cpuTimes) report(b *testing.B) {
 	b.ReportMetric(float64(now.user-c.user)/float64(b.N), "user-ns/op")
 	b.ReportMetric(float64(now.sys-c.sys)/float64(b.N), "sys-ns/op")
 }
+
+// One Complete carrying several outcomes, two of them for the same message,
+// is applied in order, as if each had been its own Complete.
+func TestCompleteGroupInOrder(t *testing.T) {
+	ctx := context.Background()
+	s := openT(t, t.TempDir())
+	two := &store.Envelope{ID: "m1", Received: storetest.T0,
+		Domains: map[string][]store.Recipient{"a.test": {{Addr: "u@a.test"}, {Addr: "v@a.test"}}}}
+	if _, err := s.Enqueue(ctx, two, bytes.NewReader([]byte("1"))); err != nil {
+		t.Fatal(err)
+	}
+	enqueue(t, s, "m2", "2")
+	enqueue(t, s, "m3", "3")
+	l, ds, err := s.Claim(ctx, "o", storetest.T0, time.Minute, 10)
+	if err != nil || len(ds) != 3 {
+		t.Fatalf("Claim = %d deliveries, %v", len(ds), err)
+	}
+	next := storetest.T0.Add(time.Hour)
+	err = s.Complete(ctx, l, []store.Result{
+		{ID: "m1", Delivered: []string{"u@a.test"}, Next: next, LastError: "later", Attempted: true},
+		{ID: "m2", Delivered: []string{"u@a.test"}, Attempted: true},
+		{ID: "m3", Next: next, LastError: "first", Attempted: true},
+		{ID: "gone", Delivered: []string{"u@a.test"}, Attempted: true},
+		{ID: "m1", Failed: []string{"v@a.test"}, Attempted: true},
+		{ID: "m3", Next: next.Add(time.Minute), LastError: "second", Attempted: true},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	left, err := s.List(ctx, store.Filter{}, store.Page{})
+	if err != nil || len(left) != 1 {
+		t.Fatalf("List = %v, %v; want m3 only", left, err)
+	}
+	if d := left[0]; d.ID != "m3" || d.Attempts != 2 || d.LastError != "second" || !d.NextAttempt.Equal(next.Add(time.Minute)) {
+		t.Fatalf("m3 = %+v", d)
+	}
+	for _, id := range []string{"m1", "m2"} {
+		if _, err := s.Body(ctx, id); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("Body(%s) = %v, want ErrNotFound", id, err)
+		}
+	}
+	assertBodies(t, s)
+}

@@ -52,8 +52,8 @@ func fillDomains(t *testing.T, s *Store, prefix string, n, k int, next time.Time
 }
 
 // Flushing, holding or listing one domain among many reads that domain's
-// rows only, and Claim's queries only seek indexes: none of them scans the
-// deliveries or leases tables.
+// rows only, and Claim's and Complete's queries only seek indexes: none of
+// them scans the deliveries, messages or leases tables.
 func TestQueryPlansSeekIndexes(t *testing.T) {
 	s, err := Open(t.TempDir())
 	if err != nil {
@@ -68,17 +68,27 @@ func TestQueryPlansSeekIndexes(t *testing.T) {
 		"flush domain": queryPlan(t, s, q, args...),
 		"claim front":  queryPlan(t, s, claimFrontSQL, n, claimLookahead),
 		"claim walk":   queryPlan(t, s, claimWalkSQL, n),
+		// Complete: one primary key seek per id, never the domain's backlog.
+		"complete rows":       queryPlan(t, s, completeRowsSQL, "d42.test", `["P000042"]`),
+		"complete deliveries": queryPlan(t, s, delDeliveriesSQL, "d42.test", `["P000042"]`),
+		"complete messages":   queryPlan(t, s, delMessagesSQL, `["P000042"]`),
 	}
 	for name, plan := range plans {
 		for _, line := range strings.Split(plan, "\n") {
 			if strings.HasPrefix(line, "SCAN ") && line != "SCAN CONSTANT ROW" &&
-				!strings.HasPrefix(line, "SCAN front") && !strings.HasPrefix(line, "SCAN doms") {
+				!strings.HasPrefix(line, "SCAN front") && !strings.HasPrefix(line, "SCAN doms") &&
+				!strings.HasPrefix(line, "SCAN j VIRTUAL TABLE") {
 				t.Errorf("%s: full scan %q in plan:\n%s", name, line, plan)
 			}
 		}
 	}
 	if p := plans["flush domain"]; !strings.Contains(p, "deliveries_domain (domain=?") {
 		t.Errorf("flush of one domain does not seek deliveries_domain:\n%s", p)
+	}
+	for _, name := range []string{"complete rows", "complete deliveries", "complete messages"} {
+		if p := plans[name]; strings.Contains(p, "deliveries_domain") || !strings.Contains(p, "PRIMARY KEY") {
+			t.Errorf("%s does not seek by primary key:\n%s", name, p)
+		}
 	}
 	if p := plans["claim front"]; !strings.Contains(p, "leases_live") {
 		t.Errorf("claim reads every lease ever taken:\n%s", p)

@@ -10,6 +10,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -232,7 +233,6 @@ func (s *Store) ReleaseLease(ctx context.Context, l *store.Lease) error {
 func (s *Store) Complete(ctx context.Context, l *store.Lease, results []store.Result) error {
 	var gone []string
 	err := s.w.do(ctx, "", func(tx *wtx) error {
-		gone = gone[:0]
 		var one int
 		err := tx.leaseHeld.QueryRow(l.Domain, l.Owner, l.Token).Scan(&one)
 		if errors.Is(err, sql.ErrNoRows) {
@@ -241,16 +241,8 @@ func (s *Store) Complete(ctx context.Context, l *store.Lease, results []store.Re
 		if err != nil {
 			return err
 		}
-		for _, r := range results {
-			removed, err := completeOne(tx, l.Domain, r)
-			if err != nil {
-				return err
-			}
-			if removed {
-				gone = append(gone, r.ID)
-			}
-		}
-		return nil
+		gone, err = completeAll(tx, l.Domain, results)
+		return err
 	})
 	if err != nil {
 		return err
@@ -261,60 +253,120 @@ func (s *Store) Complete(ctx context.Context, l *store.Lease, results []store.Re
 	return nil
 }
 
-// completeOne applies r to the delivery (r.ID, domain) and reports whether
-// the whole message is gone. A delivery that no longer exists (deleted by an
-// operator) is skipped.
-func completeOne(tx *wtx, domain string, r store.Result) (bool, error) {
-	var rj string
-	err := tx.completeRow.QueryRow(r.ID, domain).Scan(&rj)
-	if errors.Is(err, sql.ErrNoRows) {
-		return false, nil
+// completeAll applies results, in order, to the deliveries (r.ID, domain)
+// and returns the ids of the messages that are gone. A delivery that no
+// longer exists (deleted by an operator) is skipped. The whole group costs
+// one read, one delete of deliveries and one of messages, plus an update
+// per delivery that keeps recipients.
+func completeAll(tx *wtx, domain string, results []store.Result) ([]string, error) {
+	if len(results) == 0 {
+		return nil, nil
 	}
+	ids := make([]string, len(results))
+	for i, r := range results {
+		ids[i] = r.ID
+	}
+	idsJSON, err := json.Marshal(ids)
 	if err != nil {
-		return false, err
+		return nil, err
 	}
-	var rcpts []store.Recipient
-	if err := json.Unmarshal([]byte(rj), &rcpts); err != nil {
-		return false, err
+	rows, err := tx.completeRows.Query(domain, string(idsJSON))
+	if err != nil {
+		return nil, err
 	}
-	done := make(map[string]bool, len(r.Delivered)+len(r.Failed))
-	for _, a := range r.Delivered {
-		done[a] = true
-	}
-	for _, a := range r.Failed {
-		done[a] = true
-	}
-	left := rcpts[:0]
-	for _, rc := range rcpts {
-		if !done[rc.Addr] {
-			left = append(left, rc)
+	left := make(map[string][]store.Recipient, len(results))
+	for rows.Next() {
+		var id, rj string
+		if err := rows.Scan(&id, &rj); err != nil {
+			rows.Close()
+			return nil, err
 		}
-	}
-	if len(left) > 0 {
-		b, err := json.Marshal(left)
-		if err != nil {
-			return false, err
+		var rcpts []store.Recipient
+		if err := json.Unmarshal([]byte(rj), &rcpts); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("embedded: delivery %s/%s: %w", id, domain, err)
 		}
-		attempted := 0
+		left[id] = rcpts
+	}
+	if err := rows.Close(); err != nil {
+		return nil, err
+	}
+
+	// What each result leaves; a later result for the same id applies on
+	// top of an earlier one.
+	type outcome struct {
+		next     int64
+		lastErr  string
+		attempts int
+	}
+	var order []string
+	outcomes := make(map[string]*outcome, len(left))
+	for _, r := range results {
+		rcpts, ok := left[r.ID]
+		if !ok {
+			continue
+		}
+		if len(r.Delivered)+len(r.Failed) > 0 {
+			keep := make([]store.Recipient, 0, len(rcpts))
+			for _, rc := range rcpts {
+				if !slices.Contains(r.Delivered, rc.Addr) && !slices.Contains(r.Failed, rc.Addr) {
+					keep = append(keep, rc)
+				}
+			}
+			left[r.ID] = keep
+		}
+		o := outcomes[r.ID]
+		if o == nil {
+			o = &outcome{}
+			outcomes[r.ID] = o
+			order = append(order, r.ID)
+		}
+		o.next, o.lastErr = nanos(r.Next), r.LastError
 		if r.Attempted {
-			attempted = 1
+			o.attempts++
 		}
-		_, err = tx.updDelivery.Exec(string(b), nanos(r.Next), r.LastError, attempted, r.ID, domain)
-		return false, err
 	}
-	if _, err := tx.delDelivery.Exec(r.ID, domain); err != nil {
-		return false, err
+
+	var done []string
+	for _, id := range order {
+		rcpts := left[id]
+		if len(rcpts) == 0 {
+			done = append(done, id)
+			continue
+		}
+		b, err := json.Marshal(rcpts)
+		if err != nil {
+			return nil, err
+		}
+		o := outcomes[id]
+		if _, err := tx.updDelivery.Exec(string(b), o.next, o.lastErr, o.attempts, id, domain); err != nil {
+			return nil, err
+		}
 	}
-	var one int
-	err = tx.hasDeliveries.QueryRow(r.ID).Scan(&one)
-	if err == nil {
-		return false, nil
+	if len(done) == 0 {
+		return nil, nil
 	}
-	if !errors.Is(err, sql.ErrNoRows) {
-		return false, err
+	doneJSON, err := json.Marshal(done)
+	if err != nil {
+		return nil, err
 	}
-	_, err = tx.delMessage.Exec(r.ID)
-	return err == nil, err
+	if _, err := tx.delDeliveries.Exec(domain, string(doneJSON)); err != nil {
+		return nil, err
+	}
+	rows, err = tx.delMessages.Query(string(doneJSON))
+	if err != nil {
+		return nil, err
+	}
+	var gone []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		gone = append(gone, id)
+	}
+	return gone, rows.Close()
 }
 
 // NextDue implements store.Store.
