@@ -235,7 +235,11 @@ func (s *Scheduler) probeAll(ctx context.Context) {
 		s.Log.Error("probe: listing waiting domains failed", "err", err)
 		return
 	}
-	sem := make(chan struct{}, 8)
+	// A probe only asks "are you there?": a short budget and many at once,
+	// so that a round over thousands of down domains whose primaries drop
+	// packets (each probe then waits its whole budget) still fits in minutes.
+	budget := min(s.Config.Queue.ConnectTimeout.D(), 10*time.Second) + 5*time.Second
+	sem := make(chan struct{}, 64)
 	var wg sync.WaitGroup
 	for _, d := range domains {
 		if s.Config.Domain(d) == nil {
@@ -246,7 +250,7 @@ func (s *Scheduler) probeAll(ctx context.Context) {
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			pctx, cancel := context.WithTimeout(ctx, s.Config.Queue.ConnectTimeout.D()+10*time.Second)
+			pctx, cancel := context.WithTimeout(ctx, budget)
 			defer cancel()
 			if err := s.Dialer.Probe(pctx, d); err != nil {
 				s.Log.Debug("probe: primary still down", "domain", d, "err", err)
