@@ -32,6 +32,10 @@ type Notifier interface {
 	Notifications(ctx context.Context) <-chan struct{}
 }
 
+// shutdownGrace is how long deliveries in progress may take to finish after
+// Run's context is cancelled.
+const shutdownGrace = 20 * time.Second
+
 // Scheduler runs deliveries. Set the fields, then call Run.
 type Scheduler struct {
 	Store  store.Store
@@ -155,6 +159,11 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	go s.probeAll(ctx) // after a restart, every waiting domain is presumed down
+	// Deliveries in progress outlive ctx by up to shutdownGrace: on stop, the
+	// feeders stop handing out work, and the sessions finish (and record)
+	// the messages they are sending rather than cutting them off.
+	workCtx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelWork()
 	var hints <-chan struct{}
 	if n, ok := s.Store.(Notifier); ok {
 		hints = n.Notifications(ctx)
@@ -182,13 +191,15 @@ func (s *Scheduler) Run(ctx context.Context) error {
 			}
 			active++
 			go func() {
-				s.work(ctx, l, ds)
+				s.work(workCtx, ctx, l, ds)
 				done <- struct{}{}
 			}()
 		}
 		timer.Reset(wait)
 		select {
 		case <-ctx.Done():
+			grace := time.AfterFunc(shutdownGrace, cancelWork)
+			defer grace.Stop()
 			for ; active > 0; active-- {
 				<-done
 			}
@@ -219,7 +230,7 @@ func (s *Scheduler) RunDue(ctx context.Context) error {
 		if err != nil || l == nil {
 			return err
 		}
-		s.work(ctx, l, ds)
+		s.work(ctx, ctx, l, ds)
 	}
 }
 
@@ -282,7 +293,10 @@ func (s *Scheduler) intervals() []time.Duration {
 
 // work delivers a leased domain's due mail over up to Queue.Sessions
 // sessions, batch after batch, until none is due or the primary is down.
-func (s *Scheduler) work(ctx context.Context, l *store.Lease, first []store.Delivery) {
+//
+// Cancelling stop ends the feeding: the cycle finishes and records what its
+// sessions are sending, then returns. Cancelling ctx aborts everything.
+func (s *Scheduler) work(ctx, stop context.Context, l *store.Lease, first []store.Delivery) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	defer func() {
@@ -310,7 +324,7 @@ func (s *Scheduler) work(ctx context.Context, l *store.Lease, first []store.Deli
 	go func() {
 		defer close(jobs)
 		ds := first
-		for ctx.Err() == nil {
+		for ctx.Err() == nil && stop.Err() == nil {
 			mu.Lock()
 			for _, d := range ds {
 				inflight[d.ID] = true
@@ -322,6 +336,8 @@ func (s *Scheduler) work(ctx context.Context, l *store.Lease, first []store.Deli
 				case jobs <- d:
 				case <-ctx.Done():
 					return
+				case <-stop.Done():
+					return
 				}
 			}
 			if len(ds) == 0 {
@@ -331,6 +347,8 @@ func (s *Scheduler) work(ctx context.Context, l *store.Lease, first []store.Deli
 				select { // wait for results: they may flush more mail due
 				case <-recorded:
 				case <-ctx.Done():
+					return
+				case <-stop.Done():
 					return
 				}
 			}

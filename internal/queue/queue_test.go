@@ -48,6 +48,7 @@ type fakeNet struct {
 	noDSN   bool                // the primaries do not support DSN
 	onDial  func(domain string) // called (unlocked) before each dial
 	refuse  int                 // refuse this many dials even to domains up
+	onSend  func()              // called (unlocked) at the start of each Send
 }
 
 func newFakeNet() *fakeNet {
@@ -102,6 +103,12 @@ func (s *fakeSession) Host() string { return "127.0.0.1:2526" }
 func (s *fakeSession) TLS() string  { return "" }
 func (s *fakeSession) Close() error { return nil }
 func (s *fakeSession) Send(ctx context.Context, d *store.Delivery, body io.Reader) (relay.Result, error) {
+	if s.n.onSend != nil {
+		s.n.onSend()
+	}
+	if err := ctx.Err(); err != nil { // like the real relay: cancelled means cut off
+		return relay.Result{}, err
+	}
 	b, err := io.ReadAll(body)
 	if err != nil {
 		return relay.Result{}, err
@@ -499,5 +506,29 @@ func TestFlushDuringDownCycle(t *testing.T) {
 	}
 	if got := len(h.net.received()); got != 40 {
 		t.Fatalf("delivered %d, want 40", got)
+	}
+}
+
+// TestStopFinishesSends: stopping the scheduler lets a delivery in progress
+// finish and be recorded, so it is not sent again after a restart.
+func TestStopFinishesSends(t *testing.T) {
+	h := newHarness(t, "")
+	h.s.Now = time.Now
+	h.clock.Set(time.Now())
+	h.net.setUp("example.test", true)
+	id := h.enqueue("alice@sender.test", "bob@example.test")
+	ctx, cancel := context.WithCancel(context.Background())
+	h.net.onSend = func() {
+		cancel()                           // the server is told to stop mid-send…
+		time.Sleep(200 * time.Millisecond) // …while the primary is slow
+	}
+	if err := h.s.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := h.net.received(); len(got) != 1 || got[0].id != id {
+		t.Fatalf("received %+v", got)
+	}
+	if rest := h.list(store.Filter{}); len(rest) != 0 {
+		t.Fatalf("the finished delivery was not recorded: %+v", rest)
 	}
 }
