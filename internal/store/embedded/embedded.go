@@ -1,20 +1,32 @@
-// Package embedded is the default, single-node store engine: message bodies
-// as files, the envelope and schedule index in SQLite.
+// Package embedded is the default, single-node store engine: the envelope,
+// the schedule index and small message bodies in SQLite, larger bodies as
+// files.
 //
 // Layout under the store directory:
 //
-//	index.db            SQLite (WAL, synchronous=FULL): messages, deliveries, leases
-//	bodies/<xx>/<id>    one file per message, xx = 2 hex digits of a hash of id
+//	index.db            SQLite (WAL, synchronous=FULL): messages, deliveries,
+//	                    leases, and bodies (those of at most the inline
+//	                    threshold, WithInlineMax, default 64 KiB)
+//	bodies/<xx>/<id>    one file per larger message, xx = 2 hex digits of a hash of id
 //	tmp/                bodies being received
 //	lock                flock(2)ed while the store is open
 //
-// Invariant: a messages row exists only while its body file is durable. On
-// Enqueue the body is written to tmp/, fsynced, linked into bodies/ and its
-// directory fsynced before the row is committed; on removal (Delete, or
-// Complete removing the last delivery) the row is committed first and the file
-// removed after. So a crash can leave a body without a row, never a row
-// without a body: at Open a sweep removes everything in tmp/ and every body
-// file that has no row.
+// Invariant: Enqueue returns only after the commit that contains the
+// envelope, the deliveries and (for small messages) the body. A message's
+// body is in exactly one place: its bodies row, written in the same
+// transaction as its messages row, or its file. Enqueue reads up to the
+// threshold+1 bytes into a buffer (the memory an Enqueue holds is bounded by
+// the threshold); a body that ends within the threshold is inlined, so one
+// WAL fsync makes a whole group of messages durable together, with no file,
+// no file fsync and no directory fsync. A longer body is streamed to tmp/
+// (buffer first, then the rest), fsynced, linked into bodies/ and its
+// directory fsynced before the row is committed. Removal (Delete, or
+// Complete removing the last delivery) deletes the bodies row in the same
+// transaction as the messages row; a body file is removed after that
+// commit. So a crash can leave a body file without a row, never a row
+// without its body: at Open a sweep removes everything in tmp/ and every
+// body file that has no row. Freed pages of index.db are reused, not given
+// back to the file system.
 //
 // Writes go through one writer goroutine that commits whatever is pending in
 // one transaction (group commit): concurrent callers share the directory and
@@ -57,15 +69,25 @@ var ErrClosed = errors.New("embedded: store closed")
 type Option func(*options)
 
 type options struct {
-	logger   *slog.Logger
-	maxBatch int
+	logger    *slog.Logger
+	maxBatch  int
+	inlineMax int64
 }
+
+// DefaultInlineMax is the default inline threshold (WithInlineMax).
+const DefaultInlineMax = 64 << 10
 
 // WithLogger sets the logger for the sweep and other rare events.
 func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l } }
 
 // WithMaxBatch caps how many writes one group commit carries (default 512).
 func WithMaxBatch(n int) Option { return func(o *options) { o.maxBatch = n } }
+
+// WithInlineMax sets the largest body, in bytes, stored inside the SQLite
+// transaction that commits its message (default DefaultInlineMax); larger
+// bodies are files. 0 (or less) never inlines. Each Enqueue holds up to n+1
+// bytes in memory.
+func WithInlineMax(n int64) Option { return func(o *options) { o.inlineMax = max(n, 0) } }
 
 // Store is the embedded engine. It implements store.Store.
 type Store struct {
@@ -75,6 +97,9 @@ type Store struct {
 	rdb    *sql.DB // read-only pool
 	rst    *rstmts // prepared on rdb
 	lockFD *os.File
+
+	inlineMax int64     // bodies of at most this many bytes go in the bodies table
+	bufs      sync.Pool // *[]byte of cap inlineMax+1, Enqueue's read buffers
 
 	w *writer
 
@@ -112,19 +137,29 @@ CREATE TABLE IF NOT EXISTS leases (
 ) WITHOUT ROWID;
 -- Claim: the live leases, without reading every domain ever leased.
 CREATE INDEX IF NOT EXISTS leases_live ON leases (expires);
+-- Bodies of at most the inline threshold; a row exists exactly while its
+-- messages row does (same transactions). Larger bodies are files.
+CREATE TABLE IF NOT EXISTS bodies (
+	id   TEXT PRIMARY KEY,
+	data BLOB NOT NULL
+) WITHOUT ROWID;
 `
 
 // Open opens (creating if needed) the store in dir, sweeps orphaned body
 // files, and starts the writer.
 func Open(dir string, opts ...Option) (*Store, error) {
-	o := options{logger: slog.New(slog.DiscardHandler), maxBatch: 512}
+	o := options{logger: slog.New(slog.DiscardHandler), maxBatch: 512, inlineMax: DefaultInlineMax}
 	for _, opt := range opts {
 		opt(&o)
 	}
 	if o.maxBatch < 1 {
 		o.maxBatch = 1
 	}
-	s := &Store{dir: dir, log: o.logger}
+	s := &Store{dir: dir, log: o.logger, inlineMax: o.inlineMax}
+	s.bufs.New = func() any {
+		b := make([]byte, s.inlineMax+1)
+		return &b
+	}
 	if err := s.open(o); err != nil {
 		s.closeAll()
 		return nil, err

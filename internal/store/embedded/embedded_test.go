@@ -3,8 +3,10 @@ package embedded
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sync/atomic"
@@ -26,17 +28,53 @@ func openT(t testing.TB, dir string) *Store {
 	return s
 }
 
+func openOptsT(t testing.TB, dir string, opts ...Option) *Store {
+	t.Helper()
+	s, err := Open(dir, opts...)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// TestConformance runs the suite with the default threshold (its small
+// bodies inline, its multi-MiB one a file) and with every body a file.
 func TestConformance(t *testing.T) {
-	storetest.Run(t, storetest.Harness{
-		Open: func(t *testing.T) store.Store { return openT(t, t.TempDir()) },
-		Reopen: func(t *testing.T, old store.Store) store.Store {
-			s := old.(*Store)
-			if err := s.Close(); err != nil {
-				t.Fatalf("Close: %v", err)
-			}
-			return openT(t, s.Dir())
-		},
-	})
+	for _, c := range []struct {
+		name string
+		opts []Option
+	}{
+		{"inline", nil},
+		{"files", []Option{WithInlineMax(0)}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			storetest.Run(t, storetest.Harness{
+				Open: func(t *testing.T) store.Store { return openOptsT(t, t.TempDir(), c.opts...) },
+				Reopen: func(t *testing.T, old store.Store) store.Store {
+					s := old.(*Store)
+					if err := s.Close(); err != nil {
+						t.Fatalf("Close: %v", err)
+					}
+					return openOptsT(t, s.Dir(), c.opts...)
+				},
+			})
+		})
+	}
+}
+
+func readBody(t testing.TB, s *Store, id string) []byte {
+	t.Helper()
+	rc, err := s.Body(context.Background(), id)
+	if err != nil {
+		t.Fatalf("Body(%s): %v", id, err)
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatalf("Body(%s): read: %v", id, err)
+	}
+	return b
 }
 
 func enqueue(t testing.TB, s *Store, id, body string) {
@@ -49,7 +87,7 @@ func enqueue(t testing.TB, s *Store, id, body string) {
 
 func TestSweep(t *testing.T) {
 	dir := t.TempDir()
-	s := openT(t, dir)
+	s := openOptsT(t, dir, WithInlineMax(0)) // bodies as files
 	enqueue(t, s, "keep1", "one")
 	enqueue(t, s, "keep2", "two")
 	// A crash after the body was durable but before the row commit leaves
@@ -66,7 +104,7 @@ func TestSweep(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	s = openT(t, dir)
+	s = openOptsT(t, dir, WithInlineMax(0))
 	for _, p := range []string{orphan, tmp} {
 		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("%s survived the sweep: %v", p, err)
@@ -80,31 +118,50 @@ func TestSweep(t *testing.T) {
 	}
 }
 
-// assertBodies checks the invariant: every row has its body file, and every
-// body file has its row.
+// assertBodies checks the invariant: every row has its body, inline or as
+// a file and never both, every body file has its row, and every inline body
+// has its row.
 func assertBodies(t *testing.T, s *Store) {
 	t.Helper()
-	rows, err := s.rdb.Query(`SELECT id, size FROM messages`)
+	rows, err := s.rdb.Query(`SELECT m.id, m.size, length(b.data) FROM messages m LEFT JOIN bodies b ON b.id = m.id`)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer rows.Close()
-	n := 0
+	files := 0
 	for rows.Next() {
 		var id string
 		var size int64
-		if err := rows.Scan(&id, &size); err != nil {
+		var inline sql.NullInt64
+		if err := rows.Scan(&id, &size, &inline); err != nil {
 			t.Fatal(err)
 		}
 		fi, err := os.Stat(s.bodyPath(id))
-		if err != nil || fi.Size() != size {
+		switch {
+		case inline.Valid && inline.Int64 != size:
+			t.Errorf("row %s (size %d) with an inline body of %d bytes", id, size, inline.Int64)
+		case inline.Valid && err == nil:
+			t.Errorf("row %s has both an inline body and a file", id)
+		case !inline.Valid && (err != nil || fi.Size() != size):
 			t.Errorf("row %s (size %d) without its body: %v", id, size, err)
 		}
-		n++
+		if !inline.Valid {
+			files++
+		}
 	}
-	files, _ := filepath.Glob(filepath.Join(s.dir, "bodies", "*", "*"))
-	if len(files) != n {
-		t.Errorf("%d body files for %d rows", len(files), n)
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	var orphans int
+	if err := s.rdb.QueryRow(`SELECT COUNT(*) FROM bodies b WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.id = b.id)`).Scan(&orphans); err != nil {
+		t.Fatal(err)
+	}
+	if orphans > 0 {
+		t.Errorf("%d inline bodies without a row", orphans)
+	}
+	paths, _ := filepath.Glob(filepath.Join(s.dir, "bodies", "*", "*"))
+	if len(paths) != files {
+		t.Errorf("%d body files for %d rows with a file body", len(paths), files)
 	}
 }
 
@@ -143,7 +200,7 @@ func TestCrashBetweenBodyAndRow(t *testing.T) {
 		bytes.NewReader([]byte("other"))); err == nil {
 		t.Fatal("duplicate id accepted")
 	}
-	if b, _ := os.ReadFile(s.bodyPath("before")); string(b) != "x" {
+	if b := readBody(t, s, "before"); string(b) != "x" {
 		t.Fatalf("duplicate Enqueue replaced the body: %q", b)
 	}
 	assertBodies(t, s)

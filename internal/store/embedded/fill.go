@@ -22,9 +22,10 @@ type FillItem struct {
 }
 
 // Fill stores many messages, all with the same body, at a rate Enqueue can't
-// reach: body files are written without a per-file fsync, then one sync(2)
-// makes them all durable, then every row is
-// inserted in one transaction. The invariant holds (a row only once its body
+// reach: every row is inserted in one transaction, with the body inline if
+// it is within the threshold, as Enqueue would store it; otherwise body
+// files are written first without a per-file fsync, then one sync(2) makes
+// them all durable. The invariant holds (a row only once its body
 // is durable); what is lost is only the per-message acknowledgement. For
 // benchmarks: the server never calls it. Ids must be new.
 func (s *Store) Fill(ctx context.Context, items []FillItem, body []byte) error {
@@ -36,6 +37,10 @@ func (s *Store) Fill(ctx context.Context, items []FillItem, body []byte) error {
 		lastErr string
 	}
 	rows := make([]row, 0, len(items))
+	inline := int64(len(body)) <= s.inlineMax
+	if body == nil {
+		body = []byte{} // an empty blob, not NULL
+	}
 	for _, it := range items {
 		e := it.Env
 		if err := checkID(e.ID); err != nil {
@@ -58,16 +63,25 @@ func (s *Store) Fill(ctx context.Context, items []FillItem, body []byte) error {
 			}
 			r.rcpts[dom] = string(b)
 		}
-		if err := os.WriteFile(s.bodyPath(e.ID), body, 0o600); err != nil {
-			return err
+		if !inline {
+			if err := os.WriteFile(s.bodyPath(e.ID), body, 0o600); err != nil {
+				return err
+			}
 		}
 		rows = append(rows, r)
 	}
-	syscall.Sync() // sync(2): every body file written above is durable
+	if !inline {
+		syscall.Sync() // sync(2): every body file written above is durable
+	}
 	return s.w.do(ctx, "", func(tx *wtx) error {
 		for _, r := range rows {
 			if _, err := tx.insMessage.Exec(r.id, r.env, len(body)); err != nil {
 				return err
+			}
+			if inline {
+				if _, err := tx.insBody.Exec(r.id, body); err != nil {
+					return err
+				}
 			}
 			for dom, rc := range r.rcpts {
 				if _, err := tx.insDelivery.Exec(r.id, dom, rc, r.next, r.att, r.lastErr); err != nil {

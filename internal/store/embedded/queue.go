@@ -1,6 +1,7 @@
 package embedded
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -14,6 +15,9 @@ import (
 	"strings"
 	"time"
 
+	"modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+
 	"backupmx/internal/store"
 	"backupmx/internal/store/embedded/safefile"
 )
@@ -23,8 +27,11 @@ const (
 	maxLimit     = 1000
 )
 
-// Enqueue implements store.Store. The body is streamed to disk, never held
-// in memory.
+// Enqueue implements store.Store. A body of at most the inline threshold is
+// committed with its rows in one transaction (its group's WAL fsync is its
+// only fsync); a longer one is streamed to a body file, as the buffer of its
+// first bytes and then the rest. Either way Enqueue holds at most
+// threshold+1 bytes of the body in memory.
 func (s *Store) Enqueue(ctx context.Context, env *store.Envelope, body io.Reader) (int64, error) {
 	if err := checkID(env.ID); err != nil {
 		return 0, err
@@ -53,15 +60,34 @@ func (s *Store) Enqueue(ctx context.Context, env *store.Envelope, body io.Reader
 		return 0, err
 	}
 
+	// head is what was read of the body before deciding where it goes.
+	var head []byte
+	if s.inlineMax > 0 {
+		bp := s.bufs.Get().(*[]byte)
+		defer s.bufs.Put(bp)
+		n, err := io.ReadFull(body, *bp) // len(*bp) == inlineMax+1
+		switch {
+		case err == io.EOF || err == io.ErrUnexpectedEOF:
+			return s.enqueueInline(ctx, env.ID, string(envJSON), rcpts, nanos(env.Received), (*bp)[:n])
+		case err != nil:
+			return 0, err
+		}
+		head = *bp
+	}
+
 	f, err := safefile.Create(filepath.Join(s.dir, "tmp"))
 	if err != nil {
 		return 0, err
 	}
-	n, err := io.Copy(f, body)
-	if err != nil {
+	if _, err := f.Write(head); err != nil {
 		f.Abort()
 		return 0, err
 	}
+	if _, err := io.Copy(f, body); err != nil {
+		f.Abort()
+		return 0, err
+	}
+	n := f.Size()
 	final := s.bodyPath(env.ID)
 	if err := f.Commit(final); err != nil {
 		if errors.Is(err, safefile.ErrExist) {
@@ -70,17 +96,8 @@ func (s *Store) Enqueue(ctx context.Context, env *store.Envelope, body io.Reader
 		return 0, err
 	}
 
-	next := nanos(env.Received)
 	err = s.w.do(ctx, filepath.Dir(final), func(tx *wtx) error {
-		if _, err := tx.insMessage.Exec(env.ID, string(envJSON), n); err != nil {
-			return err
-		}
-		for dom, r := range rcpts {
-			if _, err := tx.insDelivery.Exec(env.ID, dom, r, next, 0, ""); err != nil {
-				return err
-			}
-		}
-		return nil
+		return insertMessage(tx, env.ID, string(envJSON), n, rcpts, nanos(env.Received))
 	})
 	if err != nil {
 		// No row points at the file (or the sweep will find it so).
@@ -88,6 +105,41 @@ func (s *Store) Enqueue(ctx context.Context, env *store.Envelope, body io.Reader
 		return 0, err
 	}
 	return n, nil
+}
+
+// enqueueInline commits a message whose whole body is data: envelope,
+// deliveries and body in one savepoint of the writer's group transaction.
+func (s *Store) enqueueInline(ctx context.Context, id, envJSON string, rcpts map[string]string, next int64, data []byte) (int64, error) {
+	n := int64(len(data))
+	err := s.w.do(ctx, "", func(tx *wtx) error {
+		if err := insertMessage(tx, id, envJSON, n, rcpts, next); err != nil {
+			return err
+		}
+		_, err := tx.insBody.Exec(id, data)
+		return err
+	})
+	if err != nil {
+		return 0, err
+	}
+	return n, nil
+}
+
+// insertMessage inserts the messages row and the deliveries of a new
+// message. A taken id is an error.
+func insertMessage(tx *wtx, id, envJSON string, size int64, rcpts map[string]string, next int64) error {
+	if _, err := tx.insMessage.Exec(id, envJSON, size); err != nil {
+		var se *sqlite.Error
+		if errors.As(err, &se) && se.Code() == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY {
+			return fmt.Errorf("embedded: duplicate queue id %s", id)
+		}
+		return err
+	}
+	for dom, r := range rcpts {
+		if _, err := tx.insDelivery.Exec(id, dom, r, next, 0, ""); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Claim implements store.Store. It runs in the writer, so two Claims never
@@ -228,8 +280,8 @@ func (s *Store) ReleaseLease(ctx context.Context, l *store.Lease) error {
 	})
 }
 
-// Complete implements store.Store. Bodies of messages it removes are deleted
-// after the commit.
+// Complete implements store.Store. The inline bodies of messages it removes
+// go in the same transaction; body files are deleted after the commit.
 func (s *Store) Complete(ctx context.Context, l *store.Lease, results []store.Result) error {
 	var gone []string
 	err := s.w.do(ctx, "", func(tx *wtx) error {
@@ -253,11 +305,12 @@ func (s *Store) Complete(ctx context.Context, l *store.Lease, results []store.Re
 	return nil
 }
 
-// completeAll applies results, in order, to the deliveries (r.ID, domain)
-// and returns the ids of the messages that are gone. A delivery that no
+// completeAll applies results, in order, to the deliveries (r.ID, domain),
+// removes the messages left without deliveries with their inline bodies,
+// and returns the ids of those gone messages whose body is a file. A delivery that no
 // longer exists (deleted by an operator) is skipped. The whole group costs
-// one read, one delete of deliveries and one of messages, plus an update
-// per delivery that keeps recipients.
+// one read, one delete of deliveries, one of messages and one of bodies,
+// plus an update per delivery that keeps recipients.
 func completeAll(tx *wtx, domain string, results []store.Result) ([]string, error) {
 	if len(results) == 0 {
 		return nil, nil
@@ -353,20 +406,49 @@ func completeAll(tx *wtx, domain string, results []store.Result) ([]string, erro
 	if _, err := tx.delDeliveries.Exec(domain, string(doneJSON)); err != nil {
 		return nil, err
 	}
-	rows, err = tx.delMessages.Query(string(doneJSON))
+	gone, err := scanIDs(tx.delMessages.Query(string(doneJSON)))
+	if err != nil || len(gone) == 0 {
+		return nil, err
+	}
+	goneJSON, err := json.Marshal(gone)
 	if err != nil {
 		return nil, err
 	}
-	var gone []string
+	inline, err := scanIDs(tx.delBodies.Query(string(goneJSON)))
+	if err != nil {
+		return nil, err
+	}
+	if len(inline) == len(gone) {
+		return nil, nil
+	}
+	isInline := make(map[string]bool, len(inline))
+	for _, id := range inline {
+		isInline[id] = true
+	}
+	files := gone[:0]
+	for _, id := range gone {
+		if !isInline[id] {
+			files = append(files, id)
+		}
+	}
+	return files, nil
+}
+
+// scanIDs reads rows of one text column.
+func scanIDs(rows *sql.Rows, err error) ([]string, error) {
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var ids []string
 	for rows.Next() {
 		var id string
 		if err := rows.Scan(&id); err != nil {
-			rows.Close()
 			return nil, err
 		}
-		gone = append(gone, id)
+		ids = append(ids, id)
 	}
-	return gone, rows.Close()
+	return ids, rows.Err()
 }
 
 // NextDue implements store.Store.
@@ -405,20 +487,28 @@ func (s *Store) Waiting(ctx context.Context, now time.Time) ([]string, error) {
 	return out, rows.Err()
 }
 
-// Body implements store.Store. It opens the file without asking the index:
-// the files are a superset of the rows (a row is committed only once its
-// file is durable, and removed before its file), and the only files without
-// a row are (1) those of an Enqueue not yet committed, whose id nobody has
-// been given yet, (2) those of a message whose removal is being committed,
-// as racy as a Body that checks the row just before the removal, and (3)
-// crash leftovers, which the sweep removed at Open. Complete and Delete
-// return only after removing the files, so Body after them is ErrNotFound.
-// (If that removal fails, the file is served until the next Open's sweep.)
+// Body implements store.Store. An inline body is read from the bodies
+// table (it is at most the threshold that was in force when it was
+// stored); otherwise Body opens the file without asking the index: the
+// files are a superset of the file-bodied rows (such a row is committed only
+// once its file is durable, and removed before its file), and the only files
+// without a row are (1) those of an Enqueue not yet committed, whose id
+// nobody has been given yet, (2) those of a message whose removal is being
+// committed, as racy as a Body that checks the row just before the removal,
+// and (3) crash leftovers, which the sweep removed at Open. Complete and
+// Delete return only after removing the files, so Body after them is
+// ErrNotFound. (If that removal fails, the file is served until the next
+// Open's sweep.)
 func (s *Store) Body(ctx context.Context, id string) (io.ReadCloser, error) {
 	if checkID(id) != nil {
 		return nil, store.ErrNotFound
 	}
-	if err := ctx.Err(); err != nil {
+	var data []byte
+	err := s.rst.getBody.QueryRowContext(ctx, id).Scan(&data)
+	if err == nil {
+		return io.NopCloser(bytes.NewReader(data)), nil
+	}
+	if !errors.Is(err, sql.ErrNoRows) {
 		return nil, err
 	}
 	f, err := os.Open(s.bodyPath(id))
@@ -493,11 +583,13 @@ func (s *Store) update(ctx context.Context, q string, args []any) (int, error) {
 	return int(n), err
 }
 
-// Delete implements store.Store.
+// Delete implements store.Store. An inline body goes in the same
+// transaction as the message; a body file is removed after the commit.
 func (s *Store) Delete(ctx context.Context, id string) error {
 	if checkID(id) != nil {
 		return store.ErrNotFound
 	}
+	inline := false
 	err := s.w.do(ctx, "", func(tx *wtx) error {
 		if _, err := tx.delMessageDeliveries.Exec(id); err != nil {
 			return err
@@ -509,9 +601,15 @@ func (s *Store) Delete(ctx context.Context, id string) error {
 		if n, _ := res.RowsAffected(); n == 0 {
 			return store.ErrNotFound
 		}
+		res, err = tx.delBody.Exec(id)
+		if err != nil {
+			return err
+		}
+		n, _ := res.RowsAffected()
+		inline = n > 0
 		return nil
 	})
-	if err != nil {
+	if err != nil || inline {
 		return err
 	}
 	_ = os.Remove(s.bodyPath(id)) // if this fails, the sweep will

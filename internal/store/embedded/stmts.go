@@ -19,6 +19,7 @@ const selectDeliveries = `SELECT d.id, d.domain, d.recipients, d.attempts, d.nex
 // Statements of the writer (?1… as in each SQL text).
 const (
 	insMessageSQL  = `INSERT INTO messages (id, envelope, size) VALUES (?, ?, ?)`
+	insBodySQL     = `INSERT INTO bodies (id, data) VALUES (?, ?)`
 	insDeliverySQL = `INSERT INTO deliveries (id, domain, recipients, next_attempt, attempts, last_error) VALUES (?, ?, ?, ?, ?, ?)`
 	claimLeaseSQL  = `
 			INSERT INTO leases (domain, owner, token, expires) VALUES (?, ?, 1, ?)
@@ -48,19 +49,24 @@ const (
 			SELECT j.value FROM json_each(?1) AS j WHERE NOT EXISTS (SELECT 1 FROM deliveries x WHERE x.id = j.value))
 			RETURNING id`
 
+	// delBodiesSQL: ids (of messages just removed). It returns the ids
+	// whose body was inline; the others have a file.
+	delBodiesSQL = `DELETE FROM bodies WHERE id IN (SELECT j.value FROM json_each(?1) AS j) RETURNING id`
+
 	delMessageDeliveriesSQL = `DELETE FROM deliveries WHERE id = ?`
 	delMessageSQL           = `DELETE FROM messages WHERE id = ?`
+	delBodySQL              = `DELETE FROM bodies WHERE id = ?`
 )
 
 // wstmts are the writer's prepared statements, valid on its connection only.
 type wstmts struct {
 	begin, commit, rollback, savepoint, releaseOp, rollbackTo *sql.Stmt
 
-	insMessage, insDelivery                               *sql.Stmt
+	insMessage, insBody, insDelivery                      *sql.Stmt
 	claimFront, claimWalk, claimLease, claimDeliveries    *sql.Stmt
 	leaseHeld, renew, release                             *sql.Stmt
 	completeRows, updDelivery, delDeliveries, delMessages *sql.Stmt
-	delMessageDeliveries, delMessage                      *sql.Stmt
+	delBodies, delMessageDeliveries, delMessage, delBody  *sql.Stmt
 	all                                                   []*sql.Stmt
 }
 
@@ -77,6 +83,7 @@ func prepareWriter(ctx context.Context, conn *sql.Conn) (*wstmts, error) {
 		{&st.releaseOp, `RELEASE op`},
 		{&st.rollbackTo, `ROLLBACK TO op`},
 		{&st.insMessage, insMessageSQL},
+		{&st.insBody, insBodySQL},
 		{&st.insDelivery, insDeliverySQL},
 		{&st.claimFront, claimFrontSQL},
 		{&st.claimWalk, claimWalkSQL},
@@ -89,8 +96,10 @@ func prepareWriter(ctx context.Context, conn *sql.Conn) (*wstmts, error) {
 		{&st.updDelivery, updDeliverySQL},
 		{&st.delDeliveries, delDeliveriesSQL},
 		{&st.delMessages, delMessagesSQL},
+		{&st.delBodies, delBodiesSQL},
 		{&st.delMessageDeliveries, delMessageDeliveriesSQL},
 		{&st.delMessage, delMessageSQL},
+		{&st.delBody, delBodySQL},
 	} {
 		s, err := conn.PrepareContext(ctx, p.sql)
 		if err != nil {
@@ -117,11 +126,12 @@ const (
 		ORDER BY d.next_attempt, d.id LIMIT ?`
 	nextDueSQL    = `SELECT MIN(next_attempt) FROM deliveries WHERE held = 0`
 	hasMessageSQL = `SELECT 1 FROM messages WHERE id = ?`
+	getBodySQL    = `SELECT data FROM bodies WHERE id = ?`
 )
 
 // rstmts are the readers' prepared statements, on the read pool.
 type rstmts struct {
-	leaseHeld, more, nextDue, hasMessage *sql.Stmt
+	leaseHeld, more, nextDue, hasMessage, getBody *sql.Stmt
 }
 
 func prepareReaders(db *sql.DB) (*rstmts, error) {
@@ -135,6 +145,7 @@ func prepareReaders(db *sql.DB) (*rstmts, error) {
 		{&st.more, moreSQL},
 		{&st.nextDue, nextDueSQL},
 		{&st.hasMessage, hasMessageSQL},
+		{&st.getBody, getBodySQL},
 	} {
 		s, err := db.Prepare(p.sql)
 		if err != nil {
@@ -151,7 +162,7 @@ func prepareReaders(db *sql.DB) (*rstmts, error) {
 }
 
 func (st *rstmts) close() {
-	for _, s := range []*sql.Stmt{st.leaseHeld, st.more, st.nextDue, st.hasMessage} {
+	for _, s := range []*sql.Stmt{st.leaseHeld, st.more, st.nextDue, st.hasMessage, st.getBody} {
 		if s != nil {
 			_ = s.Close()
 		}
