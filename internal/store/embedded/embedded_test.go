@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"backupmx/internal/store"
@@ -454,6 +455,181 @@ func TestCompleteGroupInOrder(t *testing.T) {
 	for _, id := range []string{"m1", "m2"} {
 		if _, err := s.Body(ctx, id); !errors.Is(err, store.ErrNotFound) {
 			t.Errorf("Body(%s) = %v, want ErrNotFound", id, err)
+		}
+	}
+	assertBodies(t, s)
+}
+
+// inlined reports whether message id's body is in the bodies table, and
+// whether it has a body file.
+func inlined(t *testing.T, s *Store, id string) (inline, file bool) {
+	t.Helper()
+	var one int
+	err := s.rdb.QueryRow(`SELECT 1 FROM bodies WHERE id = ?`, id).Scan(&one)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		t.Fatal(err)
+	}
+	_, ferr := os.Stat(s.bodyPath(id))
+	return err == nil, ferr == nil
+}
+
+// assertNothing checks that a store holds no message, no body and no
+// temporary file.
+func assertNothing(t *testing.T, s *Store) {
+	t.Helper()
+	var msgs, bodies int
+	if err := s.rdb.QueryRow(`SELECT (SELECT COUNT(*) FROM messages), (SELECT COUNT(*) FROM bodies)`).Scan(&msgs, &bodies); err != nil {
+		t.Fatal(err)
+	}
+	files, _ := filepath.Glob(filepath.Join(s.dir, "bodies", "*", "*"))
+	tmps, _ := filepath.Glob(filepath.Join(s.dir, "tmp", "*"))
+	if msgs+bodies+len(files)+len(tmps) > 0 {
+		t.Fatalf("left behind: %d messages, %d inline bodies, %d body files, %d tmp files", msgs, bodies, len(files), len(tmps))
+	}
+}
+
+// copyCrashed copies the store's files as a crash would leave them (the
+// index and its WAL as on disk, no shared-memory index, no lock holder) to
+// a new directory, while the store stays open.
+func copyCrashed(t *testing.T, s *Store) string {
+	t.Helper()
+	dst := t.TempDir()
+	err := filepath.WalkDir(s.dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(s.dir, p)
+		if d.IsDir() {
+			return os.MkdirAll(filepath.Join(dst, rel), 0o700)
+		}
+		if d.Name() == "index.db-shm" || d.Name() == "lock" {
+			return nil
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(filepath.Join(dst, rel), b, 0o600)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dst
+}
+
+var errReader = errors.New("reader failed")
+
+type failAfter struct{ left int }
+
+func (r *failAfter) Read(p []byte) (int, error) {
+	if r.left <= 0 {
+		return 0, errReader
+	}
+	n := min(len(p), r.left, 1000)
+	for i := range p[:n] {
+		p[i] = 'f'
+	}
+	r.left -= n
+	return n, nil
+}
+
+// TestInlineThreshold covers both sides of the inline threshold: a body of
+// threshold-1 or threshold bytes is inline, threshold+1 is a file; each
+// reads back whole, survives a crash-like reopen, and leaves nothing once
+// removed by Complete or Delete. A reader failing mid-way, within and past
+// the threshold, leaves nothing.
+func TestInlineThreshold(t *testing.T) {
+	ctx := context.Background()
+	for _, thr := range []int64{DefaultInlineMax, 1000} {
+		t.Run(fmt.Sprint(thr), func(t *testing.T) {
+			var opts []Option
+			if thr != DefaultInlineMax {
+				opts = append(opts, WithInlineMax(thr))
+			}
+			s := openOptsT(t, t.TempDir(), opts...)
+			bodies := map[string][]byte{}
+			for _, size := range []int64{thr - 1, thr, thr + 1} {
+				id := fmt.Sprintf("m%d", size)
+				body := make([]byte, size)
+				for i := range body {
+					body[i] = byte(i*7 + int(size))
+				}
+				bodies[id] = body
+				e := &store.Envelope{ID: id, Received: storetest.T0, Domains: map[string][]store.Recipient{"a.test": {{Addr: "u@a.test"}}}}
+				// One byte at a time up to the boundary, then larger reads.
+				r := io.MultiReader(iotest.OneByteReader(bytes.NewReader(body[:min(size, 1100)])), bytes.NewReader(body[min(size, 1100):]))
+				n, err := s.Enqueue(ctx, e, r)
+				if err != nil || n != size {
+					t.Fatalf("Enqueue(%d bytes) = %d, %v", size, n, err)
+				}
+				inline, file := inlined(t, s, id)
+				if inline != (size <= thr) || file == inline {
+					t.Fatalf("%d bytes: inline=%v file=%v, want inline iff <= %d", size, inline, file, thr)
+				}
+				if got := readBody(t, s, id); !bytes.Equal(got, body) {
+					t.Fatalf("%d bytes: body differs", size)
+				}
+			}
+			assertBodies(t, s)
+
+			// Failing readers, within and past the threshold.
+			for _, left := range []int{int(thr / 2), int(thr) + 500} {
+				e := &store.Envelope{ID: "failing", Received: storetest.T0, Domains: map[string][]store.Recipient{"a.test": {{Addr: "u@a.test"}}}}
+				if _, err := s.Enqueue(ctx, e, &failAfter{left: left}); !errors.Is(err, errReader) {
+					t.Fatalf("Enqueue failing after %d bytes: %v, want the reader's error", left, err)
+				}
+				if _, err := s.Body(ctx, "failing"); !errors.Is(err, store.ErrNotFound) {
+					t.Fatalf("Body after a failed Enqueue: %v", err)
+				}
+			}
+			assertBodies(t, s)
+			if tmps, _ := filepath.Glob(filepath.Join(s.dir, "tmp", "*")); len(tmps) > 0 {
+				t.Fatalf("tmp files left: %v", tmps)
+			}
+
+			// As a crash leaves the directory: every committed body is back.
+			c := openOptsT(t, copyCrashed(t, s), opts...)
+			for id, body := range bodies {
+				if got := readBody(t, c, id); !bytes.Equal(got, body) {
+					t.Fatalf("after crash: %s differs", id)
+				}
+			}
+			assertBodies(t, c)
+
+			// Removal takes the inline rows and the files.
+			if err := s.Delete(ctx, fmt.Sprintf("m%d", thr)); err != nil {
+				t.Fatal(err)
+			}
+			l, ds, err := s.Claim(ctx, "w", storetest.T0.Add(time.Hour), time.Minute, 10)
+			if err != nil || len(ds) != 2 {
+				t.Fatalf("Claim = %v, %v", ds, err)
+			}
+			var rs []store.Result
+			for _, d := range ds {
+				rs = append(rs, store.Result{ID: d.ID, Delivered: []string{"u@a.test"}, Attempted: true})
+			}
+			if err := s.Complete(ctx, l, rs); err != nil {
+				t.Fatal(err)
+			}
+			for id := range bodies {
+				if _, err := s.Body(ctx, id); !errors.Is(err, store.ErrNotFound) {
+					t.Fatalf("Body(%s) after removal: %v", id, err)
+				}
+			}
+			assertNothing(t, s)
+		})
+	}
+}
+
+// TestInlineNever checks that WithInlineMax(0) keeps every body, even an
+// empty one, in a file.
+func TestInlineNever(t *testing.T) {
+	s := openOptsT(t, t.TempDir(), WithInlineMax(0))
+	enqueue(t, s, "empty", "")
+	enqueue(t, s, "small", "x")
+	for _, id := range []string{"empty", "small"} {
+		if inline, file := inlined(t, s, id); inline || !file {
+			t.Fatalf("%s: inline=%v file=%v, want a file", id, inline, file)
 		}
 	}
 	assertBodies(t, s)
