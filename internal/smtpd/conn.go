@@ -359,7 +359,9 @@ func (c *conn) tooManyErrors() bool {
 // scanData finds the end of a DATA body in buf: the bytes up to and including
 // the terminating ".CRLF", or all of buf if the end is not there yet.
 func (c *conn) scanData() (n int, end bool) {
-	for i, b := range c.buf {
+	buf := c.buf
+	for i := 0; i < len(buf); i++ {
+		b := buf[i]
 		switch c.data {
 		case dataBeginLine:
 			switch b {
@@ -381,17 +383,27 @@ func (c *conn) scanData() (n int, end bool) {
 			}
 			c.data = dataText
 		case dataCR:
-			c.data = dataText
-			if b == '\n' {
+			switch b {
+			case '\n':
 				c.data = dataBeginLine
+			case '\r':
+				// Still maybe the CR of the line's CRLF: "\r\r\n.\r\n" ends
+				// the body too (a bare CR is illegal, RFC 5321 §2.3.8, but
+				// must not make us miss the end and wait for the timeout).
+			default:
+				c.data = dataText
 			}
 		case dataText:
-			if b == '\r' {
-				c.data = dataCR
+			// Jump to the next CR: nothing else matters mid-line.
+			j := bytes.IndexByte(buf[i:], '\r')
+			if j < 0 {
+				return len(buf), false
 			}
+			i += j
+			c.data = dataCR
 		}
 	}
-	return len(c.buf), false
+	return len(buf), false
 }
 
 // midMessage turns a socket error inside a body or chunk into what go-smtp

@@ -304,3 +304,38 @@ func TestStoreFailuresAreNotClientErrors(t *testing.T) {
 	c.run(transaction("s@x.test", "u@example.test")...)
 	c.run(cmd("DATA", "354"), step{send: "hi\r\n.\r\n", want: []string{"250 2.0.0 Ok: queued as "}})
 }
+
+// TestBodiesKeptExactly: bodies with the awkward bytes (bare CR, bare LF,
+// CR before the final CRLF, dots, long lines, 8-bit) end where they should
+// and are stored exactly, whatever the sizes of the client's writes.
+func TestBodiesKeptExactly(t *testing.T) {
+	ts := newTestServer(t, func(c *config.Config) {
+		c.SMTP.DataTimeout = config.Duration(5 * time.Second)
+		c.SMTP.MaxMessageSize = 1 << 20
+	})
+	long := strings.Repeat("x", 990) // RFC 5321 §4.5.3.1.6: 998 octets a line
+	for i, body := range []string{
+		"Subject: a\r\n\r\nbare CR at the end\r\r\n",
+		"Subject: b\r\n\r\nthree CRs\r\r\r\n",
+		"Subject: c\r\n\r\nmid\rline\r\nbare\nLF\r\n",
+		"Subject: d\r\n\r\n" + long + "\r\n.dot\r\n" + long + "\r\n",
+		"Subject: e\r\n\r\nh\xc3\xa9llo \xff\xfe\r\n\r\n\r\n",
+	} {
+		c := dial(t, ts.addr)
+		c.run(transaction("s@x.test", "u@example.test")...)
+		c.run(cmd("DATA", "354"))
+		wire := strings.ReplaceAll(body, "\r\n.", "\r\n..") + ".\r\n"
+		for len(wire) > 0 { // odd-sized writes cross every state boundary
+			k := min(len(wire), 7+i)
+			c.run(step{send: wire[:k]})
+			wire = wire[k:]
+		}
+		c.expect("250 2.0.0 Ok: queued as ")
+		c.run(cmd("QUIT", "221"))
+		msgs := ts.store.all()
+		got := string(msgs[len(msgs)-1].body)
+		if _, rest, ok := strings.Cut(got, "+0000\r\n"); !ok || rest != body {
+			t.Errorf("case %d: stored %q, want %q after Received", i, rest, body)
+		}
+	}
+}
