@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -20,6 +19,7 @@ import (
 
 	"backupmx/internal/store"
 	"backupmx/internal/store/embedded/safefile"
+	"backupmx/internal/store/sqlrow"
 )
 
 const (
@@ -152,7 +152,7 @@ func (s *Store) Claim(ctx context.Context, owner string, now time.Time, ttl time
 	n := nanos(now)
 	var (
 		lease *store.Lease
-		rows  []rawDelivery
+		rows  []sqlrow.Delivery
 	)
 	err := s.w.do(ctx, "", func(tx *wtx) error {
 		domain, found, err := claimDomain(tx, n)
@@ -641,64 +641,24 @@ func clampLimit(n int) int {
 	return n
 }
 
-// rawDelivery is a row as read, decoded outside the writer.
-type rawDelivery struct {
-	id, domain, rcpts, lastErr, env string
-	attempts                        int
-	next, size                      int64
-	held                            bool
-}
-
 // scanDeliveries reads the rows of a query on selectDeliveries.
-func scanDeliveries(rows *sql.Rows, err error) ([]rawDelivery, error) {
+func scanDeliveries(rows *sql.Rows, err error) ([]sqlrow.Delivery, error) {
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	var out []rawDelivery
-	for rows.Next() {
-		var r rawDelivery
-		if err := rows.Scan(&r.id, &r.domain, &r.rcpts, &r.attempts, &r.next, &r.lastErr, &r.held, &r.env, &r.size); err != nil {
-			return nil, err
-		}
-		out = append(out, r)
-	}
-	return out, rows.Err()
+	return sqlrow.ScanAll(rows)
 }
 
-func decodeDeliveries(rows []rawDelivery) ([]store.Delivery, error) {
-	out := make([]store.Delivery, 0, len(rows))
-	for _, r := range rows {
-		d := store.Delivery{
-			ID:          r.id,
-			Domain:      r.domain,
-			Size:        r.size,
-			Attempts:    r.attempts,
-			NextAttempt: fromNanos(r.next),
-			LastError:   r.lastErr,
-			Held:        r.held,
-		}
-		if err := json.Unmarshal([]byte(r.rcpts), &d.Recipients); err != nil {
-			return nil, fmt.Errorf("embedded: delivery %s/%s: %w", r.id, r.domain, err)
-		}
-		if err := json.Unmarshal([]byte(r.env), &d.Envelope); err != nil {
-			return nil, fmt.Errorf("embedded: message %s: %w", r.id, err)
-		}
-		out = append(out, d)
+func decodeDeliveries(rows []sqlrow.Delivery) ([]store.Delivery, error) {
+	ds, err := sqlrow.Decode(rows)
+	if err != nil {
+		return nil, fmt.Errorf("embedded: %w", err)
 	}
-	return out, nil
+	return ds, nil
 }
 
-// nanos is t in unix nanoseconds, clamped to what int64 can hold (years
-// 1678–2262), so the zero time sorts first.
-func nanos(t time.Time) int64 {
-	switch y := t.Year(); {
-	case y < 1678:
-		return math.MinInt64
-	case y > 2261:
-		return math.MaxInt64
-	}
-	return t.UnixNano()
-}
-
-func fromNanos(n int64) time.Time { return time.Unix(0, n).UTC() }
+var (
+	nanos     = sqlrow.Nanos
+	fromNanos = sqlrow.FromNanos
+)

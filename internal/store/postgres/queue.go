@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -15,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"backupmx/internal/store"
+	"backupmx/internal/store/sqlrow"
 )
 
 const (
@@ -139,7 +139,7 @@ func (s *Store) Claim(ctx context.Context, owner string, now time.Time, ttl time
 	}
 	var (
 		lease *store.Lease
-		rows  []rawDelivery
+		rows  []sqlrow.Delivery
 	)
 	err := s.tx(ctx, func(tx pgx.Tx) error {
 		lease, rows = nil, nil
@@ -479,69 +479,29 @@ func checkID(id string) error {
 	return nil
 }
 
-// rawDelivery is a row as read, decoded after the transaction.
-type rawDelivery struct {
-	id, domain, rcpts, lastErr, env string
-	attempts                        int
-	next, size                      int64
-	held                            bool
-}
-
 type querier interface {
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 }
 
-func queryDeliveries(ctx context.Context, q querier, tail string, args ...any) ([]rawDelivery, error) {
+func queryDeliveries(ctx context.Context, q querier, tail string, args ...any) ([]sqlrow.Delivery, error) {
 	rows, err := q.Query(ctx, `SELECT d.id, d.domain, d.recipients, d.attempts, d.next_attempt, d.last_error, d.held, m.envelope, m.size
 		FROM deliveries d JOIN messages m ON m.id = d.id `+tail, args...)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	var out []rawDelivery
-	for rows.Next() {
-		var r rawDelivery
-		if err := rows.Scan(&r.id, &r.domain, &r.rcpts, &r.attempts, &r.next, &r.lastErr, &r.held, &r.env, &r.size); err != nil {
-			return nil, err
-		}
-		out = append(out, r)
-	}
-	return out, rows.Err()
+	return sqlrow.ScanAll(rows)
 }
 
-func decodeDeliveries(rows []rawDelivery) ([]store.Delivery, error) {
-	out := make([]store.Delivery, 0, len(rows))
-	for _, r := range rows {
-		d := store.Delivery{
-			ID:          r.id,
-			Domain:      r.domain,
-			Size:        r.size,
-			Attempts:    r.attempts,
-			NextAttempt: fromNanos(r.next),
-			LastError:   r.lastErr,
-			Held:        r.held,
-		}
-		if err := json.Unmarshal([]byte(r.rcpts), &d.Recipients); err != nil {
-			return nil, fmt.Errorf("postgres: delivery %s/%s: %w", r.id, r.domain, err)
-		}
-		if err := json.Unmarshal([]byte(r.env), &d.Envelope); err != nil {
-			return nil, fmt.Errorf("postgres: message %s: %w", r.id, err)
-		}
-		out = append(out, d)
+func decodeDeliveries(rows []sqlrow.Delivery) ([]store.Delivery, error) {
+	ds, err := sqlrow.Decode(rows)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: %w", err)
 	}
-	return out, nil
+	return ds, nil
 }
 
-// nanos is t in unix nanoseconds, clamped to what int64 can hold (years
-// 1678–2262), so the zero time sorts first.
-func nanos(t time.Time) int64 {
-	switch y := t.Year(); {
-	case y < 1678:
-		return math.MinInt64
-	case y > 2261:
-		return math.MaxInt64
-	}
-	return t.UnixNano()
-}
-
-func fromNanos(n int64) time.Time { return time.Unix(0, n).UTC() }
+var (
+	nanos     = sqlrow.Nanos
+	fromNanos = sqlrow.FromNanos
+)
