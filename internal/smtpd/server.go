@@ -20,8 +20,8 @@
 // net.Conn wrapper (conn.go) that every accepted connection goes through:
 // idle deadlines per read (RFC 5321 §4.5.3.2) and the commands we answer
 // ourselves (ETRN, source-routed RCPT, STARTTLS: the wrapper runs TLS itself
-// so that every door rule sees clear text inside TLS too). ETRN is answered but not advertised in
-// the EHLO reply, because go-smtp builds that list itself.
+// so that every door rule sees clear text inside TLS too). The wrapper adds
+// ETRN and STARTTLS to go-smtp's EHLO reply.
 package smtpd
 
 import (

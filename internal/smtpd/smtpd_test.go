@@ -19,7 +19,7 @@ func TestEHLOAdvertises(t *testing.T) {
 	c.run(step{send: "EHLO client.test\r\n"})
 	got := c.read()
 	for _, want := range []string{"250-mx2.backup.test Hello client.test", "PIPELINING", "8BITMIME", "SMTPUTF8",
-		"ENHANCEDSTATUSCODES", "CHUNKING", "DSN", "SIZE 2000"} {
+		"ENHANCEDSTATUSCODES", "CHUNKING", "DSN", "SIZE 2000", "250-ETRN"} {
 		if !strings.Contains(got, want) {
 			t.Errorf("EHLO reply lacks %q:\n%s", want, got)
 		}
