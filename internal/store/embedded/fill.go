@@ -4,6 +4,7 @@ package embedded
 // server never calls Fill.
 
 import (
+	"backupmx/internal/store/sqlrow"
 	"context"
 	"encoding/json"
 	"os"
@@ -52,9 +53,9 @@ func (s *Store) Fill(ctx context.Context, items []FillItem, body []byte) error {
 		if err != nil {
 			return err
 		}
-		r := row{id: e.ID, env: string(ej), rcpts: map[string]string{}, next: nanos(e.Received), att: it.Attempts, lastErr: it.LastErr}
+		r := row{id: e.ID, env: string(ej), rcpts: map[string]string{}, next: sqlrow.Nanos(e.Received), att: it.Attempts, lastErr: it.LastErr}
 		if !it.Next.IsZero() {
-			r.next = nanos(it.Next)
+			r.next = sqlrow.Nanos(it.Next)
 		}
 		for dom, rs := range e.Domains {
 			b, err := json.Marshal(rs)

@@ -1,6 +1,7 @@
 package embedded
 
 import (
+	"backupmx/internal/store/sqlrow"
 	"context"
 	"fmt"
 	"strings"
@@ -61,7 +62,7 @@ func TestQueryPlansSeekIndexes(t *testing.T) {
 	}
 	defer s.Close()
 	fillDomains(t, s, "P", 300, 100, storetest.T0)
-	n := nanos(storetest.T0)
+	n := sqlrow.Nanos(storetest.T0)
 
 	q, args := flushSQL(store.Filter{Domain: "d42.test"}, storetest.T0)
 	plans := map[string]string{

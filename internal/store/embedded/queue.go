@@ -68,7 +68,7 @@ func (s *Store) Enqueue(ctx context.Context, env *store.Envelope, body io.Reader
 		n, err := io.ReadFull(body, *bp) // len(*bp) == inlineMax+1
 		switch {
 		case err == io.EOF || err == io.ErrUnexpectedEOF:
-			return s.enqueueInline(ctx, env.ID, string(envJSON), rcpts, nanos(env.Received), (*bp)[:n])
+			return s.enqueueInline(ctx, env.ID, string(envJSON), rcpts, sqlrow.Nanos(env.Received), (*bp)[:n])
 		case err != nil:
 			return 0, err
 		}
@@ -97,7 +97,7 @@ func (s *Store) Enqueue(ctx context.Context, env *store.Envelope, body io.Reader
 	}
 
 	err = s.w.do(ctx, filepath.Dir(final), func(tx *wtx) error {
-		return insertMessage(tx, env.ID, string(envJSON), n, rcpts, nanos(env.Received))
+		return insertMessage(tx, env.ID, string(envJSON), n, rcpts, sqlrow.Nanos(env.Received))
 	})
 	if err != nil {
 		// No row points at the file (or the sweep will find it so).
@@ -149,7 +149,7 @@ func (s *Store) Claim(ctx context.Context, owner string, now time.Time, ttl time
 		return nil, nil, errors.New("embedded: Claim needs an owner")
 	}
 	limit = clampLimit(limit)
-	n := nanos(now)
+	n := sqlrow.Nanos(now)
 	var (
 		lease *store.Lease
 		rows  []sqlrow.Delivery
@@ -161,7 +161,7 @@ func (s *Store) Claim(ctx context.Context, owner string, now time.Time, ttl time
 		}
 		exp := now.Add(ttl)
 		var token int64
-		err = tx.claimLease.QueryRow(domain, owner, nanos(exp)).Scan(&token)
+		err = tx.claimLease.QueryRow(domain, owner, sqlrow.Nanos(exp)).Scan(&token)
 		if err != nil {
 			return err
 		}
@@ -241,7 +241,7 @@ func (s *Store) More(ctx context.Context, l *store.Lease, now time.Time, limit i
 	if err != nil {
 		return nil, err
 	}
-	rows, err := scanDeliveries(s.rst.more.QueryContext(ctx, l.Domain, nanos(now), string(skipJSON), clampLimit(limit)))
+	rows, err := scanDeliveries(s.rst.more.QueryContext(ctx, l.Domain, sqlrow.Nanos(now), string(skipJSON), clampLimit(limit)))
 	if err != nil {
 		return nil, err
 	}
@@ -260,7 +260,7 @@ func (s *Store) checkLease(ctx context.Context, l *store.Lease) error {
 // Renew implements store.Store. It does not modify *l.
 func (s *Store) Renew(ctx context.Context, l *store.Lease, now time.Time, ttl time.Duration) error {
 	return s.w.do(ctx, "", func(tx *wtx) error {
-		res, err := tx.renew.Exec(nanos(now.Add(ttl)), l.Domain, l.Owner, l.Token, nanos(now))
+		res, err := tx.renew.Exec(sqlrow.Nanos(now.Add(ttl)), l.Domain, l.Owner, l.Token, sqlrow.Nanos(now))
 		if err != nil {
 			return err
 		}
@@ -374,7 +374,7 @@ func completeAll(tx *wtx, domain string, results []store.Result) ([]string, erro
 			outcomes[r.ID] = o
 			order = append(order, r.ID)
 		}
-		o.next, o.lastErr = nanos(r.Next), r.LastError
+		o.next, o.lastErr = sqlrow.Nanos(r.Next), r.LastError
 		if r.Attempted {
 			o.attempts++
 		}
@@ -458,7 +458,7 @@ func (s *Store) NextDue(ctx context.Context) (time.Time, bool, error) {
 	if err != nil || !n.Valid {
 		return time.Time{}, false, err
 	}
-	return fromNanos(n.Int64), true, nil
+	return sqlrow.FromNanos(n.Int64), true, nil
 }
 
 // Waiting implements store.Store. It walks the distinct domains through
@@ -471,7 +471,7 @@ func (s *Store) Waiting(ctx context.Context, now time.Time) ([]string, error) {
 			SELECT (SELECT MIN(domain) FROM deliveries WHERE domain > doms.d) FROM doms WHERE doms.d IS NOT NULL
 		)
 		SELECT d FROM doms WHERE d IS NOT NULL AND EXISTS (
-			SELECT 1 FROM deliveries x WHERE x.domain = doms.d AND x.held = 0 AND x.next_attempt > ?)`, nanos(now))
+			SELECT 1 FROM deliveries x WHERE x.domain = doms.d AND x.held = 0 AND x.next_attempt > ?)`, sqlrow.Nanos(now))
 	if err != nil {
 		return nil, err
 	}
@@ -554,7 +554,7 @@ func (s *Store) Flush(ctx context.Context, f store.Filter, now time.Time) (int, 
 func flushSQL(f store.Filter, now time.Time) (string, []any) {
 	where, args := filterSQL(f)
 	return `UPDATE deliveries AS d SET next_attempt = MIN(next_attempt, ?) WHERE d.held = 0 AND ` + where,
-		append([]any{nanos(now)}, args...)
+		append([]any{sqlrow.Nanos(now)}, args...)
 }
 
 // Hold implements store.Store.
@@ -567,7 +567,7 @@ func (s *Store) Hold(ctx context.Context, f store.Filter) (int, error) {
 func (s *Store) Unhold(ctx context.Context, f store.Filter, now time.Time) (int, error) {
 	where, args := filterSQL(f)
 	return s.update(ctx, `UPDATE deliveries AS d SET held = 0, next_attempt = ? WHERE d.held = 1 AND `+where,
-		append([]any{nanos(now)}, args...))
+		append([]any{sqlrow.Nanos(now)}, args...))
 }
 
 func (s *Store) update(ctx context.Context, q string, args []any) (int, error) {
@@ -657,8 +657,3 @@ func decodeDeliveries(rows []sqlrow.Delivery) ([]store.Delivery, error) {
 	}
 	return ds, nil
 }
-
-var (
-	nanos     = sqlrow.Nanos
-	fromNanos = sqlrow.FromNanos
-)

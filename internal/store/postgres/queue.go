@@ -38,7 +38,7 @@ func (s *Store) callerNow(now time.Time) *int64 {
 	if !s.callerClock {
 		return nil
 	}
-	n := nanos(now)
+	n := sqlrow.Nanos(now)
 	return &n
 }
 
@@ -81,7 +81,7 @@ func (s *Store) Enqueue(ctx context.Context, env *store.Envelope, body io.Reader
 			// domain's lease row until we have committed (see domainLock).
 			b.Queue(`SELECT pg_advisory_xact_lock_shared(`+domainLock+`)`, dom)
 			b.Queue(`INSERT INTO deliveries (id, domain, recipients, next_attempt) VALUES ($1, $2, $3, $4)`,
-				env.ID, dom, rcpts[dom], nanos(env.Received))
+				env.ID, dom, rcpts[dom], sqlrow.Nanos(env.Received))
 			// Only when missing: a plain read first never waits on a lease row
 			// another transaction is updating.
 			b.Queue(`INSERT INTO leases (domain) SELECT $1::text WHERE NOT EXISTS (SELECT 1 FROM leases WHERE domain = $1)
@@ -153,7 +153,7 @@ func (s *Store) Claim(ctx context.Context, owner string, now time.Time, ttl time
 			WHERE first.next_attempt <= $1 AND l.expires <= `+s.leaseClock(2)+`
 			ORDER BY first.next_attempt, l.domain
 			LIMIT 1
-			FOR UPDATE OF l SKIP LOCKED`, nanos(now), s.callerNow(now)).Scan(&domain)
+			FOR UPDATE OF l SKIP LOCKED`, sqlrow.Nanos(now), s.callerNow(now)).Scan(&domain)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil
 		}
@@ -169,11 +169,11 @@ func (s *Store) Claim(ctx context.Context, owner string, now time.Time, ttl time
 			return err
 		}
 		rows, err = queryDeliveries(ctx, tx, `WHERE d.domain = $1 AND NOT d.held AND d.next_attempt <= $2
-			ORDER BY d.next_attempt, d.id LIMIT $3`, domain, nanos(now), clampLimit(limit))
+			ORDER BY d.next_attempt, d.id LIMIT $3`, domain, sqlrow.Nanos(now), clampLimit(limit))
 		if err != nil {
 			return err
 		}
-		lease = &store.Lease{Domain: domain, Owner: owner, Token: token, Expires: fromNanos(expires)}
+		lease = &store.Lease{Domain: domain, Owner: owner, Token: token, Expires: sqlrow.FromNanos(expires)}
 		return nil
 	})
 	if err != nil || lease == nil {
@@ -202,7 +202,7 @@ func (s *Store) More(ctx context.Context, l *store.Lease, now time.Time, limit i
 	}
 	rows, err := queryDeliveries(ctx, s.pool, `WHERE d.domain = $1 AND NOT d.held AND d.next_attempt <= $2
 		AND NOT (d.id = ANY($3::text[]))
-		ORDER BY d.next_attempt, d.id LIMIT $4`, l.Domain, nanos(now), skip, clampLimit(limit))
+		ORDER BY d.next_attempt, d.id LIMIT $4`, l.Domain, sqlrow.Nanos(now), skip, clampLimit(limit))
 	if err != nil {
 		return nil, err
 	}
@@ -328,7 +328,7 @@ func completeOne(ctx context.Context, tx pgx.Tx, domain string, r store.Result) 
 			attempted = 1
 		}
 		_, err = tx.Exec(ctx, `UPDATE deliveries SET recipients = $3, next_attempt = $4, last_error = $5, attempts = attempts + $6
-			WHERE id = $1 AND domain = $2`, r.ID, domain, string(b), nanos(r.Next), r.LastError, attempted)
+			WHERE id = $1 AND domain = $2`, r.ID, domain, string(b), sqlrow.Nanos(r.Next), r.LastError, attempted)
 		return err
 	}
 	if _, err := tx.Exec(ctx, `DELETE FROM deliveries WHERE id = $1 AND domain = $2`, r.ID, domain); err != nil {
@@ -351,14 +351,14 @@ func (s *Store) NextDue(ctx context.Context) (time.Time, bool, error) {
 	if err != nil || n == nil {
 		return time.Time{}, false, err
 	}
-	return fromNanos(*n), true, nil
+	return sqlrow.FromNanos(*n), true, nil
 }
 
 // Waiting implements store.Store: one index probe per known domain.
 func (s *Store) Waiting(ctx context.Context, now time.Time) ([]string, error) {
 	rows, err := s.pool.Query(ctx, `SELECT l.domain FROM leases l WHERE EXISTS (
 		SELECT 1 FROM deliveries d WHERE d.domain = l.domain AND NOT d.held AND d.next_attempt > $1)
-		ORDER BY l.domain`, nanos(now))
+		ORDER BY l.domain`, sqlrow.Nanos(now))
 	if err != nil {
 		return nil, err
 	}
@@ -394,7 +394,7 @@ func Cursor(d store.Delivery) string { return d.ID + " " + d.Domain }
 func (s *Store) Flush(ctx context.Context, f store.Filter, now time.Time) (int, error) {
 	where, args := filterSQL(f, 2)
 	return s.update(ctx, true, `UPDATE deliveries AS d SET next_attempt = LEAST(next_attempt, $1) WHERE NOT d.held AND `+where,
-		append([]any{nanos(now)}, args...))
+		append([]any{sqlrow.Nanos(now)}, args...))
 }
 
 // Hold implements store.Store.
@@ -407,7 +407,7 @@ func (s *Store) Hold(ctx context.Context, f store.Filter) (int, error) {
 func (s *Store) Unhold(ctx context.Context, f store.Filter, now time.Time) (int, error) {
 	where, args := filterSQL(f, 2)
 	return s.update(ctx, true, `UPDATE deliveries AS d SET held = false, next_attempt = $1 WHERE d.held AND `+where,
-		append([]any{nanos(now)}, args...))
+		append([]any{sqlrow.Nanos(now)}, args...))
 }
 
 // update runs one UPDATE and, if kick and it changed something, notifies
@@ -500,8 +500,3 @@ func decodeDeliveries(rows []sqlrow.Delivery) ([]store.Delivery, error) {
 	}
 	return ds, nil
 }
-
-var (
-	nanos     = sqlrow.Nanos
-	fromNanos = sqlrow.FromNanos
-)
