@@ -4,7 +4,6 @@ package embedded
 // server never calls Fill.
 
 import (
-	"backupmx/internal/store/sqlrow"
 	"context"
 	"encoding/json"
 	"os"
@@ -12,6 +11,7 @@ import (
 	"time"
 
 	"backupmx/internal/store"
+	"backupmx/internal/store/sqlrow"
 )
 
 // FillItem is one message for Fill.

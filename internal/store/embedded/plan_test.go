@@ -1,7 +1,6 @@
 package embedded
 
 import (
-	"backupmx/internal/store/sqlrow"
 	"context"
 	"fmt"
 	"strings"
@@ -9,6 +8,7 @@ import (
 	"time"
 
 	"backupmx/internal/store"
+	"backupmx/internal/store/sqlrow"
 	"backupmx/internal/store/storetest"
 )
 
