@@ -13,8 +13,8 @@ package queue
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -680,13 +680,14 @@ func tlsOf(s relay.Session) string {
 	return "none"
 }
 
-// statusOf is the enhanced status code of a reply, or def.
+// statusOf is the enhanced status code of a reply; without one, the class
+// of its code with no detail (RFC 3463 §3: "5.0.0"), or def.
 func statusOf(r relay.Reply, def string) string {
 	if r.Enhanced != "" {
 		return r.Enhanced
 	}
 	if r.Code >= 400 && r.Code < 600 {
-		return strings.Replace(def, def[:1], string(rune('0'+r.Code/100)), 1)
+		return fmt.Sprintf("%d.0.0", r.Code/100)
 	}
 	return def
 }
