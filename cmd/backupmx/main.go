@@ -196,7 +196,7 @@ func serveConfig(cfg *config.Config, log *slog.Logger) error {
 		Log:        log,
 		Resolver:   resolver,
 		TLS:        certs.ServerConfig(),
-		Queued:     sched.Enqueued,
+		Arrival:    sched.Arrival,
 		ETRN: func(domain string) error {
 			return sched.FlushDomain(ctx, domain, "ETRN")
 		},
@@ -215,7 +215,7 @@ func serveConfig(cfg *config.Config, log *slog.Logger) error {
 	}
 	var adminSrv *http.Server
 	if cfg.Admin.Listen != "" {
-		a := &admin.Server{Store: st, Token: cfg.Admin.Token, Log: log, Kick: sched.Flushed, Stats: door.stats.Snapshot}
+		a := &admin.Server{Store: st, Token: cfg.Admin.Token, Log: log, Kick: sched.Flushed, Stats: door.stats.Snapshot, Pprof: cfg.Admin.Pprof}
 		l, err := net.Listen("tcp", cfg.Admin.Listen)
 		if err != nil {
 			return fmt.Errorf("admin listener: %w", err)

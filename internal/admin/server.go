@@ -34,6 +34,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -97,6 +98,8 @@ type Server struct {
 	// Stats returns the door's counters (rejections per rule, dnsbl_error);
 	// nil: GET /v1/stats answers an empty set.
 	Stats func() map[string]uint64
+	// Pprof adds Go's runtime profiles under /debug/pprof/.
+	Pprof bool
 }
 
 // Handler returns the API's routes behind the authentication check.
@@ -111,6 +114,13 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/hold", s.hold)
 	mux.HandleFunc("POST /v1/release", s.release)
 	mux.HandleFunc("GET /v1/stats", s.stats)
+	if s.Pprof {
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, pattern := mux.Handler(r)
 		if pattern != "GET /v1/health" && !s.authorized(r) {

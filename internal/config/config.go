@@ -124,6 +124,9 @@ type Queue struct {
 type Admin struct {
 	Listen string `toml:"listen"`
 	Token  string `toml:"token"` // bearer token; empty allowed only on loopback
+	// Pprof serves Go's runtime profiles under /debug/pprof/ (behind the
+	// token like the rest). Off by default.
+	Pprof bool `toml:"pprof"`
 }
 
 // DNS selects the resolver.

@@ -53,7 +53,7 @@ type Scheduler struct {
 	probing sync.Mutex // one probe round at a time
 
 	downMu sync.Mutex
-	down   map[string]bool // configured domains whose primary refused us last
+	down   map[string]string // configured domains whose primary refused us last: why
 	// flushes counts flushes (probe, ETRN, admin, success). A work cycle
 	// that cached "primary down" forgets it when this moves, and results
 	// decided before the move are made due again rather than deferred, so
@@ -64,7 +64,7 @@ type Scheduler struct {
 func (s *Scheduler) init() {
 	s.once.Do(func() {
 		s.kick = make(chan struct{}, 1)
-		s.down = make(map[string]bool)
+		s.down = make(map[string]string)
 		if s.Now == nil {
 			s.Now = time.Now
 		}
@@ -89,22 +89,54 @@ func (s *Scheduler) Kick() {
 	}
 }
 
-// Enqueued is told the domains of a message just accepted. It wakes the
-// loop unless every one of them is known down: their mail goes when a probe
-// answers (or at the next poll), so a burst of arrivals for a dead primary
-// doesn't cost a claim, a dial and a store write each.
-func (s *Scheduler) Enqueued(domains []string) {
+// Arrival is asked about a message's domains before the message is stored.
+// A domain whose primary is known down gets its first attempt decided now,
+// as Postfix does for a dead destination: the delivery is stored as one
+// failed attempt, due at the first retry interval (or sooner, when a probe
+// finds the primary back and flushes the domain). So a burst of arrivals for
+// a dead primary costs no claim, no dial and no second store write each.
+//
+// queued must be called once the message is durable: it wakes the loop for
+// the domains not deferred, and re-flushes a deferred domain that was
+// flushed while the message was being stored (that flush may have missed it).
+func (s *Scheduler) Arrival(domains []string) (deferred map[string]store.Deferral, queued func()) {
 	s.init()
+	epoch := s.flushes.Load() // before reading down: see FlushDomain
+	now := s.Now()
 	s.downMu.Lock()
-	all := len(domains) > 0
 	for _, d := range domains {
-		if !s.down[d] {
-			all = false
-			break
+		why, ok := s.down[d]
+		if !ok {
+			continue
+		}
+		if deferred == nil {
+			deferred = make(map[string]store.Deferral)
+		}
+		deferred[d] = store.Deferral{
+			Next:  NextAttempt(1, now, now.Add(s.retention(d)), s.intervals()),
+			Error: "delivery temporarily suspended: " + why,
 		}
 	}
 	s.downMu.Unlock()
-	if !all {
+	return deferred, func() { s.queued(domains, deferred, epoch) }
+}
+
+func (s *Scheduler) queued(domains []string, deferred map[string]store.Deferral, epoch int64) {
+	if len(deferred) > 0 && s.flushes.Load() != epoch {
+		for d := range deferred {
+			s.downMu.Lock()
+			_, down := s.down[d]
+			s.downMu.Unlock()
+			if !down {
+				go func() {
+					if err := s.FlushDomain(context.Background(), d, "flushed while a message arrived"); err != nil {
+						s.Log.Error("flush failed", "domain", d, "err", err)
+					}
+				}()
+			}
+		}
+	}
+	if len(deferred) < len(domains) {
 		s.Kick()
 	}
 }
@@ -120,14 +152,15 @@ func (s *Scheduler) Flushed() {
 	s.Kick()
 }
 
-// setDown remembers whether a configured domain's primary is down. Only
-// configured domains are kept, so the map is bounded by the configuration.
-func (s *Scheduler) setDown(domain string, down bool) {
+// setDown remembers whether a configured domain's primary is down (why is
+// not nil) and why. Only configured domains are kept, so the map is bounded
+// by the configuration.
+func (s *Scheduler) setDown(domain string, why error) {
 	s.init()
 	s.downMu.Lock()
 	defer s.downMu.Unlock()
-	if down && s.Config.Domain(domain) != nil {
-		s.down[domain] = true
+	if why != nil && s.Config.Domain(domain) != nil {
+		s.down[domain] = why.Error()
 	} else {
 		delete(s.down, domain)
 	}
@@ -135,14 +168,18 @@ func (s *Scheduler) setDown(domain string, down bool) {
 
 // FlushDomain makes all of a domain's waiting mail due now and wakes the loop
 // (ETRN, a successful probe, the admin API).
+//
+// The domain is marked up and the flush counted before the store's flush:
+// a message stored after that flush was deferred by Arrival only if Arrival
+// ran before them, and then its queued sees the count move and flushes again.
 func (s *Scheduler) FlushDomain(ctx context.Context, domain, why string) error {
 	s.init()
+	s.setDown(domain, nil)
+	s.flushes.Add(1)
 	n, err := s.Store.Flush(ctx, store.Filter{Domain: domain}, s.Now())
 	if err != nil {
 		return err
 	}
-	s.setDown(domain, false)
-	s.flushes.Add(1)
 	s.Log.Info("flush", "domain", domain, "reason", why, "deliveries", n)
 	s.Kick()
 	return nil
@@ -512,7 +549,10 @@ func (c *cycle) takeFlush() bool {
 // remembered as down until a probe or a delivery says otherwise.
 func (c *cycle) close() {
 	c.mu.Lock()
-	down := c.downErr != nil && !c.flushed
+	var down error
+	if !c.flushed {
+		down = c.downErr
+	}
 	c.mu.Unlock()
 	c.s.setDown(c.lease.Domain, down)
 }

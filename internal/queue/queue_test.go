@@ -445,9 +445,11 @@ func TestBacklogDeliveredOnce(t *testing.T) {
 	}
 }
 
-// TestEnqueuedSkipsDownDomains: news of mail for a primary known to be down
-// doesn't wake the loop; news for any other domain does, and so does a flush.
-func TestEnqueuedSkipsDownDomains(t *testing.T) {
+// TestArrivalDefersDownDomains: mail arriving for a primary known to be down
+// is stored as one failed attempt due at the first retry and doesn't wake the
+// loop; mail for any other domain is due now and does, and so does mail for
+// a domain flushed since.
+func TestArrivalDefersDownDomains(t *testing.T) {
 	h := newHarness(t, "")
 	h.enqueue("alice@sender.test", "bob@example.test")
 	h.runDue() // the dial fails: example.test is down
@@ -460,11 +462,21 @@ func TestEnqueuedSkipsDownDomains(t *testing.T) {
 		}
 	}
 	drain()
-	h.s.Enqueued([]string{"example.test"})
+	now := h.clock.Now()
+	deferred, queued := h.s.Arrival([]string{"example.test"})
+	d, ok := deferred["example.test"]
+	if !ok || !d.Next.Equal(now.Add(10*time.Minute)) || !strings.HasPrefix(d.Error, "delivery temporarily suspended: ") {
+		t.Fatalf("Arrival for a down domain = %+v", deferred)
+	}
+	queued()
 	if drain() {
 		t.Fatal("kicked for a domain known down")
 	}
-	h.s.Enqueued([]string{"example.test", "other.test"})
+	deferred, queued = h.s.Arrival([]string{"example.test", "other.test"})
+	if _, ok := deferred["other.test"]; ok || len(deferred) != 1 {
+		t.Fatalf("Arrival deferred %v, want example.test only", deferred)
+	}
+	queued()
 	if !drain() {
 		t.Fatal("no kick for a domain not known down")
 	}
@@ -472,9 +484,46 @@ func TestEnqueuedSkipsDownDomains(t *testing.T) {
 		t.Fatal(err)
 	}
 	drain()
-	h.s.Enqueued([]string{"example.test"})
-	if !drain() {
-		t.Fatal("a flushed domain is still treated as down")
+	deferred, queued = h.s.Arrival([]string{"example.test"})
+	queued()
+	if len(deferred) != 0 || !drain() {
+		t.Fatalf("a flushed domain is still treated as down (deferred %v)", deferred)
+	}
+}
+
+// TestArrivalRacingFlush: a message deferred at arrival whose domain is
+// flushed (the probe answered) before the message is stored is made due by
+// queued, not left waiting for its retry.
+func TestArrivalRacingFlush(t *testing.T) {
+	h := newHarness(t, "")
+	h.enqueue("alice@sender.test", "bob@example.test")
+	h.runDue() // example.test is down
+	now := h.clock.Now()
+	env := &store.Envelope{ID: store.NewID(now), Sender: "alice@sender.test", Received: now,
+		Domains: map[string][]store.Recipient{"example.test": {{Addr: "carol@example.test"}}}}
+	var queued func()
+	env.Deferred, queued = h.s.Arrival([]string{"example.test"})
+	if len(env.Deferred) != 1 {
+		t.Fatalf("not deferred: %v", env.Deferred)
+	}
+	// The probe answers and flushes before the message is committed.
+	if err := h.s.FlushDomain(context.Background(), "example.test", "probe answered"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.st.Enqueue(context.Background(), env, strings.NewReader("Subject: x\r\n\r\nx\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	queued()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		ds := h.list(store.Filter{ID: env.ID})
+		if len(ds) == 1 && !ds[0].NextAttempt.After(now) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the message stays deferred after a flush it raced: %+v", ds)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 

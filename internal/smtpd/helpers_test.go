@@ -163,10 +163,12 @@ func buildTestServer(t *testing.T, edits ...func(*config.Config)) *testServer {
 				{Host: "mx2.backup.test.", Pref: 20},
 			}},
 		},
-		Queued: func(d []string) {
-			ts.mu.Lock()
-			ts.queued = append(ts.queued, d)
-			ts.mu.Unlock()
+		Arrival: func(d []string) (map[string]store.Deferral, func()) {
+			return nil, func() {
+				ts.mu.Lock()
+				ts.queued = append(ts.queued, d)
+				ts.mu.Unlock()
+			}
 		},
 		ETRN: func(d string) error {
 			ts.mu.Lock()

@@ -62,9 +62,11 @@ type Server struct {
 	Log      *slog.Logger     // nil: discard
 	Now      func() time.Time // nil: time.Now
 	Resolver Resolver         // nil: net.DefaultResolver
-	// Queued is called with the message's domains once it is durable (kicks
-	// the scheduler). Optional.
-	Queued func(domains []string)
+	// Arrival is asked about a message's domains before the message is
+	// stored: it may decide the first attempt of some (store.Envelope's
+	// Deferred), and returns what to call once the message is durable (kicks
+	// the scheduler). Optional. See queue.Scheduler.Arrival.
+	Arrival func(domains []string) (deferred map[string]store.Deferral, queued func())
 	// ETRN flushes a domain; called for an authorised ETRN (RFC 1985). Optional:
 	// without it ETRN answers 458.
 	ETRN func(domain string) error

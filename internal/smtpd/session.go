@@ -211,6 +211,17 @@ func (x *session) Data(r io.Reader) error {
 	}
 	env.Received = x.s.now()
 	env.Client.Name = x.c.clientName()
+	domains := make([]string, 0, len(env.Domains))
+	n := 0
+	for d, rs := range env.Domains {
+		domains = append(domains, d)
+		n += len(rs)
+	}
+	slices.Sort(domains)
+	var queued func()
+	if x.s.Arrival != nil {
+		env.Deferred, queued = x.s.Arrival(domains)
+	}
 	hdr := x.s.receivedHeader(env, x.c.tlsState())
 	body := &bodyReader{r: r}
 	size, err := x.s.Store.Enqueue(context.Background(), env, io.MultiReader(strings.NewReader(hdr), body))
@@ -225,16 +236,9 @@ func (x *session) Data(r io.Reader) error {
 		log.Error("store failed", "sender", env.Sender, "error", err, "reply", replyText(e))
 		return e
 	}
-	domains := make([]string, 0, len(env.Domains))
-	n := 0
-	for d, rs := range env.Domains {
-		domains = append(domains, d)
-		n += len(rs)
-	}
-	slices.Sort(domains)
-	log.Info("queued", "sender", env.Sender, "recipients", n, "size", size, "domains", domains)
-	if x.s.Queued != nil {
-		x.s.Queued(domains)
+	log.Info("queued", "sender", env.Sender, "recipients", n, "size", size, "domains", domains, "deferred", len(env.Deferred))
+	if queued != nil {
+		queued()
 	}
 	// go-smtp writes an *SMTPError returned by Data as the reply, 250 included.
 	return reply(250, smtp.EnhancedCode{2, 0, 0}, "Ok: queued as "+env.ID)

@@ -54,6 +54,17 @@ type Envelope struct {
 	// Recipients grouped by destination domain (lower-case A-label). Each key
 	// becomes one Delivery.
 	Domains map[string][]Recipient `json:"domains,omitempty"`
+	// Deferred names domains whose first attempt is already decided at
+	// Enqueue: their primary is known down, so the delivery starts as one
+	// failed attempt (Attempts 1, LastError, NextAttempt) instead of due now.
+	// Only Enqueue reads it; it is not stored with the envelope.
+	Deferred map[string]Deferral `json:"-"`
+}
+
+// Deferral is a delivery's recorded first attempt, decided at Enqueue.
+type Deferral struct {
+	Next  time.Time // when the delivery is due
+	Error string    // its last_error
 }
 
 // Delivery is the part of a message bound for one domain, with its schedule.

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -633,4 +634,60 @@ func TestInlineNever(t *testing.T) {
 		}
 	}
 	assertBodies(t, s)
+}
+
+// TestGroupWithFailingOp: ops committed in one group where one fails after
+// writing: the others' writes are committed, the failing op's are not, and
+// each caller gets its own outcome (the group is run again with savepoints).
+func TestGroupWithFailingOp(t *testing.T) {
+	ctx := context.Background()
+	s := openT(t, t.TempDir())
+	hold := make(chan struct{})
+	started := make(chan struct{})
+	go s.w.do(ctx, "", func(*wtx) error { // keeps the writer busy while the group forms
+		close(started)
+		<-hold
+		return nil
+	})
+	<-started
+	errBoom := errors.New("boom")
+	runs := make([]atomic.Int32, 5)
+	errs := make([]error, 5)
+	var wg sync.WaitGroup
+	for i := range 5 {
+		wg.Go(func() {
+			errs[i] = s.w.do(ctx, "", func(tx *wtx) error {
+				runs[i].Add(1)
+				if _, err := tx.insMessage.Exec(fmt.Sprintf("G%d", i), `{}`, 0); err != nil {
+					return err
+				}
+				if i == 2 {
+					return errBoom // after its insert: that row must not stay
+				}
+				return nil
+			})
+		})
+	}
+	for s.w.pending() < 5 {
+		time.Sleep(time.Millisecond)
+	}
+	close(hold)
+	wg.Wait()
+	for i := range 5 {
+		var n int
+		if err := s.rdb.QueryRow(`SELECT count(*) FROM messages WHERE id = ?`, fmt.Sprintf("G%d", i)).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case i == 2 && (!errors.Is(errs[i], errBoom) || n != 0):
+			t.Errorf("failing op: err %v, rows %d; want boom and 0", errs[i], n)
+		case i != 2 && (errs[i] != nil || n != 1):
+			t.Errorf("op %d: err %v, rows %d; want nil and 1", i, errs[i], n)
+		}
+		// Plain first; the group stops at the failure and runs again with
+		// savepoints, so ops after the failing one ran once.
+		if r := runs[i].Load(); r < 1 || r > 2 || i == 2 && r != 2 {
+			t.Errorf("op %d ran %d times", i, r)
+		}
+	}
 }

@@ -68,7 +68,7 @@ func (s *Store) Enqueue(ctx context.Context, env *store.Envelope, body io.Reader
 		n, err := io.ReadFull(body, *bp) // len(*bp) == inlineMax+1
 		switch {
 		case err == io.EOF || err == io.ErrUnexpectedEOF:
-			return s.enqueueInline(ctx, env.ID, string(envJSON), rcpts, sqlrow.Nanos(env.Received), (*bp)[:n])
+			return s.enqueueInline(ctx, env, string(envJSON), rcpts, (*bp)[:n])
 		case err != nil:
 			return 0, err
 		}
@@ -97,7 +97,7 @@ func (s *Store) Enqueue(ctx context.Context, env *store.Envelope, body io.Reader
 	}
 
 	err = s.w.do(ctx, filepath.Dir(final), func(tx *wtx) error {
-		return insertMessage(tx, env.ID, string(envJSON), n, rcpts, sqlrow.Nanos(env.Received))
+		return insertMessage(tx, env, string(envJSON), n, rcpts)
 	})
 	if err != nil {
 		// No row points at the file (or the sweep will find it so).
@@ -108,14 +108,14 @@ func (s *Store) Enqueue(ctx context.Context, env *store.Envelope, body io.Reader
 }
 
 // enqueueInline commits a message whose whole body is data: envelope,
-// deliveries and body in one savepoint of the writer's group transaction.
-func (s *Store) enqueueInline(ctx context.Context, id, envJSON string, rcpts map[string]string, next int64, data []byte) (int64, error) {
+// deliveries and body in one op of the writer's group transaction.
+func (s *Store) enqueueInline(ctx context.Context, env *store.Envelope, envJSON string, rcpts map[string]string, data []byte) (int64, error) {
 	n := int64(len(data))
 	err := s.w.do(ctx, "", func(tx *wtx) error {
-		if err := insertMessage(tx, id, envJSON, n, rcpts, next); err != nil {
+		if err := insertMessage(tx, env, envJSON, n, rcpts); err != nil {
 			return err
 		}
-		_, err := tx.insBody.Exec(id, data)
+		_, err := tx.insBody.Exec(env.ID, data)
 		return err
 	})
 	if err != nil {
@@ -125,8 +125,10 @@ func (s *Store) enqueueInline(ctx context.Context, id, envJSON string, rcpts map
 }
 
 // insertMessage inserts the messages row and the deliveries of a new
-// message. A taken id is an error.
-func insertMessage(tx *wtx, id, envJSON string, size int64, rcpts map[string]string, next int64) error {
+// message (due at its arrival, or as env.Deferred says). A taken id is an
+// error.
+func insertMessage(tx *wtx, env *store.Envelope, envJSON string, size int64, rcpts map[string]string) error {
+	id := env.ID
 	if _, err := tx.insMessage.Exec(id, envJSON, size); err != nil {
 		var se *sqlite.Error
 		if errors.As(err, &se) && se.Code() == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY {
@@ -135,7 +137,11 @@ func insertMessage(tx *wtx, id, envJSON string, size int64, rcpts map[string]str
 		return err
 	}
 	for dom, r := range rcpts {
-		if _, err := tx.insDelivery.Exec(id, dom, r, next, 0, ""); err != nil {
+		next, attempts, lastErr := sqlrow.Nanos(env.Received), 0, ""
+		if d, ok := env.Deferred[dom]; ok {
+			next, attempts, lastErr = sqlrow.Nanos(d.Next), 1, d.Error
+		}
+		if _, err := tx.insDelivery.Exec(id, dom, r, next, attempts, lastErr); err != nil {
 			return err
 		}
 	}

@@ -3,6 +3,7 @@ package embedded
 import (
 	"context"
 	"database/sql"
+	"slices"
 	"sync"
 
 	"backupmx/internal/store/embedded/safefile"
@@ -10,8 +11,14 @@ import (
 
 // writer is the single goroutine that writes to SQLite. Callers hand it ops;
 // it takes everything pending (up to maxBatch), fsyncs the body directories
-// those ops need, runs each op in its own savepoint of one transaction,
-// commits once, and answers each caller with its own error.
+// those ops need, runs the ops in one transaction, commits once, and answers
+// each caller with its own error.
+//
+// An op's error must undo only that op's writes. Savepoints give that, at a
+// price per op (two more statements, and the first change to every page is
+// copied to the sub-journal), so a group first runs without them; if any op
+// fails, the whole group is rolled back and run again with a savepoint per op.
+// So an op's fn may run twice: it must set, not accumulate, what it reports.
 //
 // It holds one connection for its whole life and prepares its statements on
 // it once (SQLite parsing and planning was the largest part of the cost of
@@ -94,6 +101,9 @@ func (w *writer) do(ctx context.Context, dir string, fn func(*wtx) error) error 
 	w.mu.RUnlock()
 	return <-o.done
 }
+
+// pending is the number of ops handed over and not yet taken (for tests).
+func (w *writer) pending() int { return len(w.ops) }
 
 // close stops accepting ops, commits the ones already handed over, waits
 // for the goroutine to end, and gives the connection back.
@@ -188,6 +198,20 @@ func (w *writer) commit(batch []*op) {
 		return
 	}
 	tx := &wtx{ctx: ctx, conn: w.conn, wstmts: st}
+	if w.runPlain(tx, batch, errs) {
+		w.finish(errs, failAll)
+		return
+	}
+	// Some op failed: its writes are mixed with the others'. Start again,
+	// each op in its own savepoint.
+	if _, err := st.rollback.ExecContext(ctx); err != nil {
+		failAll(err)
+		return
+	}
+	if _, err := st.begin.ExecContext(ctx); err != nil {
+		failAll(err)
+		return
+	}
 	for i, o := range batch {
 		if errs[i] != nil {
 			continue
@@ -209,10 +233,47 @@ func (w *writer) commit(batch []*op) {
 			errs[i] = err
 		}
 	}
-	if _, err := st.commit.ExecContext(ctx); err != nil {
+	w.finish(errs, failAll)
+}
+
+// runPlain runs the group's ops (those without an error yet) one after the
+// other in the open transaction, without savepoints. It reports whether all
+// succeeded. When the only op fails, its error is recorded and the
+// transaction rolled back: there is nothing to run again.
+func (w *writer) runPlain(tx *wtx, batch []*op, errs []error) bool {
+	live := 0
+	for i := range batch {
+		if errs[i] == nil {
+			live++
+		}
+	}
+	for i, o := range batch {
+		if errs[i] != nil {
+			continue
+		}
+		if err := o.fn(tx); err != nil {
+			if live > 1 {
+				return false
+			}
+			errs[i] = err
+			_, _ = w.st.rollback.ExecContext(tx.ctx)
+			return true
+		}
+	}
+	return true
+}
+
+// finish commits the open transaction, if any op is left to commit.
+func (w *writer) finish(errs []error, failAll func(error)) {
+	if !slices.Contains(errs, nil) {
+		// Every op failed; runPlain already rolled back, or roll back now.
+		_, _ = w.st.rollback.ExecContext(context.Background())
+		return
+	}
+	if _, err := w.st.commit.ExecContext(context.Background()); err != nil {
 		// A failed COMMIT may leave the transaction open (SQLITE_BUSY);
 		// end it so the next group starts clean.
-		_, _ = st.rollback.ExecContext(ctx)
+		_, _ = w.st.rollback.ExecContext(context.Background())
 		failAll(err)
 	}
 }

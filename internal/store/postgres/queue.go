@@ -80,8 +80,12 @@ func (s *Store) Enqueue(ctx context.Context, env *store.Envelope, body io.Reader
 			// Before the delivery exists: ReleaseLease can't remove the
 			// domain's lease row until we have committed (see domainLock).
 			b.Queue(`SELECT pg_advisory_xact_lock_shared(`+domainLock+`)`, dom)
-			b.Queue(`INSERT INTO deliveries (id, domain, recipients, next_attempt) VALUES ($1, $2, $3, $4)`,
-				env.ID, dom, rcpts[dom], sqlrow.Nanos(env.Received))
+			next, attempts, lastErr := sqlrow.Nanos(env.Received), 0, ""
+			if d, ok := env.Deferred[dom]; ok {
+				next, attempts, lastErr = sqlrow.Nanos(d.Next), 1, d.Error
+			}
+			b.Queue(`INSERT INTO deliveries (id, domain, recipients, next_attempt, attempts, last_error) VALUES ($1, $2, $3, $4, $5, $6)`,
+				env.ID, dom, rcpts[dom], next, attempts, lastErr)
 			// Only when missing: a plain read first never waits on a lease row
 			// another transaction is updating.
 			b.Queue(`INSERT INTO leases (domain) SELECT $1::text WHERE NOT EXISTS (SELECT 1 FROM leases WHERE domain = $1)

@@ -52,6 +52,7 @@ func Run(t *testing.T, h Harness) {
 		{"EnvelopeRoundTrip", testEnvelopeRoundTrip},
 		{"FailingBodyLeavesNothing", testFailingBody},
 		{"BodyNotFound", testBodyNotFound},
+		{"EnqueueDeferred", testEnqueueDeferred},
 		{"ClaimNothingDue", testClaimNothingDue},
 		{"ClaimOrderAndLimit", testClaimOrder},
 		{"ClaimOldestDomainFirst", testClaimOldestDomain},
@@ -452,6 +453,46 @@ func testClaimNothingDue(t *testing.T, h Harness) {
 	}
 	if _, ds := mustClaim(t, s, "w", T0, 10); !slices.Equal(ids(ds), []string{"m1"}) {
 		t.Fatalf("Claim at due time = %v", ids(ds))
+	}
+}
+
+// A domain in Envelope.Deferred starts as one failed attempt, due at its
+// Next; the message's other domains are due at arrival as usual.
+func testEnqueueDeferred(t *testing.T, h Harness) {
+	s := h.Open(t)
+	e := env("m1", T0, map[string][]string{"down.test": {"a"}, "up.test": {"b"}})
+	later := T0.Add(10 * time.Minute)
+	e.Deferred = map[string]store.Deferral{"down.test": {Next: later, Error: "primary down"}}
+	enqueue(t, s, e, "body\r\n")
+	ds, err := s.List(ctx(), store.Filter{}, store.Page{Limit: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]store.Delivery{}
+	for _, d := range ds {
+		got[d.Domain] = d
+	}
+	if d := got["down.test"]; d.Attempts != 1 || !d.NextAttempt.Equal(later) || d.LastError != "primary down" {
+		t.Fatalf("deferred delivery = attempts %d next %v error %q", d.Attempts, d.NextAttempt, d.LastError)
+	}
+	if d := got["up.test"]; d.Attempts != 0 || !d.NextAttempt.Equal(T0) || d.LastError != "" {
+		t.Fatalf("other delivery = attempts %d next %v error %q", d.Attempts, d.NextAttempt, d.LastError)
+	}
+	l, ds := mustClaim(t, s, "w", T0, 10)
+	if l.Domain != "up.test" || len(ds) != 1 {
+		t.Fatalf("Claim at arrival = %s %v, want up.test only", l.Domain, ids(ds))
+	}
+	if err := s.ReleaseLease(ctx(), l); err != nil {
+		t.Fatal(err)
+	}
+	if l, _ := claim(t, s, "w2", later.Add(-time.Second), 10); l != nil && l.Domain == "down.test" {
+		t.Fatal("deferred domain claimed before its Next")
+	}
+	if n, err := s.Flush(ctx(), store.Filter{Domain: "down.test"}, T0); err != nil || n != 1 {
+		t.Fatalf("Flush(down.test) = %d, %v; want 1", n, err)
+	}
+	if l, ds := mustClaim(t, s, "w3", T0, 10); l.Domain != "down.test" || ds[0].Attempts != 1 {
+		t.Fatalf("after flush: claimed %s %+v", l.Domain, ds)
 	}
 }
 
