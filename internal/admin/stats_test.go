@@ -32,3 +32,35 @@ func TestStats(t *testing.T) {
 		t.Fatalf("got %+v, %v", got, err)
 	}
 }
+
+// TestPprof: the runtime profiles are served only when asked for, and only
+// with the token.
+func TestPprof(t *testing.T) {
+	for _, on := range []bool{false, true} {
+		s := &Server{Store: newFakeStore(), Token: "t", Pprof: on}
+		srv := httptest.NewServer(s.Handler())
+		get := func(token string) int {
+			req, _ := http.NewRequest("GET", srv.URL+"/debug/pprof/cmdline", nil)
+			if token != "" {
+				req.Header.Set("Authorization", "Bearer "+token)
+			}
+			resp, err := srv.Client().Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			return resp.StatusCode
+		}
+		if code := get(""); code != http.StatusUnauthorized {
+			t.Errorf("pprof %v without token: %d, want 401", on, code)
+		}
+		want := http.StatusNotFound
+		if on {
+			want = http.StatusOK
+		}
+		if code := get("t"); code != want {
+			t.Errorf("pprof %v with token: %d, want %d", on, code, want)
+		}
+		srv.Close()
+	}
+}
