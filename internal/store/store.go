@@ -153,7 +153,9 @@ type Store interface {
 	Body(ctx context.Context, id string) (io.ReadCloser, error)
 	// List returns deliveries matching f in (id, domain) order, after the cursor.
 	List(ctx context.Context, f Filter, p Page) ([]Delivery, error)
-	// Flush makes every matching unheld delivery due at now; returns how many.
+	// Flush makes every matching unheld delivery that is not yet due due at
+	// now; returns how many (those already due are neither written nor
+	// counted: a flush during a drain costs nothing for them).
 	Flush(ctx context.Context, f Filter, now time.Time) (int, error)
 	// Hold and Unhold set or clear Held on matching deliveries; Unhold also
 	// makes them due at now. They return how many changed.

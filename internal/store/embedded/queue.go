@@ -559,8 +559,9 @@ func (s *Store) Flush(ctx context.Context, f store.Filter, now time.Time) (int, 
 // rows (deliveries_domain); plan_test.go checks it.
 func flushSQL(f store.Filter, now time.Time) (string, []any) {
 	where, args := filterSQL(f)
-	return `UPDATE deliveries AS d SET next_attempt = MIN(next_attempt, ?) WHERE d.held = 0 AND ` + where,
-		append([]any{sqlrow.Nanos(now)}, args...)
+	n := sqlrow.Nanos(now)
+	return `UPDATE deliveries AS d SET next_attempt = ? WHERE d.held = 0 AND d.next_attempt > ? AND ` + where,
+		append([]any{n, n}, args...)
 }
 
 // Hold implements store.Store.

@@ -397,7 +397,7 @@ func Cursor(d store.Delivery) string { return d.ID + " " + d.Domain }
 // earlier time, so they stay ahead in Claim's order. Other nodes are kicked.
 func (s *Store) Flush(ctx context.Context, f store.Filter, now time.Time) (int, error) {
 	where, args := filterSQL(f, 2)
-	return s.update(ctx, true, `UPDATE deliveries AS d SET next_attempt = LEAST(next_attempt, $1) WHERE NOT d.held AND `+where,
+	return s.update(ctx, true, `UPDATE deliveries AS d SET next_attempt = $1 WHERE NOT d.held AND d.next_attempt > $1 AND `+where,
 		append([]any{sqlrow.Nanos(now)}, args...))
 }
 
