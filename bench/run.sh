@@ -29,6 +29,7 @@ BMX_SINK=127.0.0.1:$((PORT_BASE + 3)) # backupmx's primary
 PF_SMTP=127.0.0.1:$((PORT_BASE + 4))
 PF_SINK=127.0.0.1:$((PORT_BASE + 5)) # Postfix's primary
 DOMAIN=example.test
+PROBE_DEFAULT=10s # queue.probe_interval's default (internal/config)
 
 for p in $(seq "$PORT_BASE" $((PORT_BASE + 5))); do
 	if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
@@ -96,9 +97,11 @@ else
 	(cd "$T/src" && go build -o "$T/backupmx" ./cmd/backupmx)
 fi
 
-# bmx_start NAME PROBE: a fresh store in $T/NAME, primary = $BMX_SINK (down until a sink starts).
+# bmx_start NAME PROBE: a fresh store in $T/NAME, primary = $BMX_SINK (down until a sink starts);
+# PROBE "default" leaves queue.probe_interval at its default.
 bmx_start() {
-	local dir=$T/$1
+	local dir=$T/$1 probe="probe_interval = \"$2\""
+	[ "$2" = default ] && probe="# probe_interval: the default"
 	mkdir -p "$dir"
 	cat >"$dir/backupmx.toml" <<EOF
 hostname = "mx-backup.bench.test"
@@ -115,7 +118,7 @@ zones = []
 engine = "embedded"
 dir = "$dir/store"
 [queue]
-probe_interval = "$2"
+$probe
 [admin]
 listen = "$BMX_ADMIN"
 [dns]
@@ -323,8 +326,8 @@ accept_tests() {
 
 TOTAL_ACCEPT=$((N1 + N10 + N50 + NBIG))
 
-log "phase 1: accept, primary down (backupmx probe_interval 1s)"
-bmx_start accept 1s
+log "phase 1: accept, primary down (backupmx's default probe_interval)"
+bmx_start accept default
 sampler "$BMX_PID" &
 SAMPLER_PID=$!
 accept_tests backupmx "$BMX_SMTP"
@@ -367,8 +370,8 @@ wait_empty() {
 # smtp-sink -c writes "sess=N quit=N mesg=N" counters separated by \r.
 sink_delivered() { tr '\r' '\n' <"$T/sink-$1.out" | tail -1 | sed 's/.*mesg=//'; }
 
-log "phase 2a: backupmx drain of $DRAIN after the probe (probe_interval 1s), no flush command"
-bmx_start drain-probe 1s
+log "phase 2a: backupmx drain of $DRAIN after the probe (default probe_interval $PROBE_DEFAULT), no flush command"
+bmx_start drain-probe default
 sampler "$BMX_PID" &
 SAMPLER_PID=$!
 secs=$(source_run "$BMX_SMTP" 10 "$DRAIN" 10240)
@@ -381,10 +384,10 @@ t_empty=$(wait_empty bmx_empty 300 0.1)
 up_secs=$(elapsed "$t_up" "$t_empty")
 sink_stop
 got=$(sink_delivered bmx-probe)
-log "backupmx primary up → queue empty (probe 1s): ${up_secs}s; sink counted $got"
+log "backupmx primary up → queue empty (probe every $PROBE_DEFAULT): ${up_secs}s; sink counted $got"
 [ "$got" = "$DRAIN" ] || log "WARNING: the sink received $got messages for $DRAIN queued"
 record "primary up → queue empty, $DRAIN msgs (s)" backupmx "$up_secs"
-record "drain via probe, msg/s (incl. ≤1 s probe wait)" backupmx "$(rate "$DRAIN" "$up_secs")"
+record "drain via probe, msg/s (incl. ≤$PROBE_DEFAULT probe wait)" backupmx "$(rate "$DRAIN" "$up_secs")"
 hwm=$(bmx_stop)
 stop_sampler
 record "peak RSS, drain phase (MB)" backupmx "$hwm"

@@ -112,7 +112,7 @@ type Store struct {
 type Queue struct {
 	Retention      Duration   `toml:"retention"`       // default 15d, then a DSN
 	Retry          []Duration `toml:"retry"`           // the last interval repeats
-	ProbeInterval  Duration   `toml:"probe_interval"`  // default 30s
+	ProbeInterval  Duration   `toml:"probe_interval"`  // default 10s
 	Workers        int        `toml:"workers"`         // domains delivered at once; default 16
 	Sessions       int        `toml:"sessions"`        // connections per primary; default 10
 	Batch          int        `toml:"batch"`           // deliveries read per claim; default 200
@@ -347,7 +347,7 @@ func (c *Config) Validate() error {
 			bad(fmt.Sprintf("queue.retry[%d]", i), "must be positive")
 		}
 	}
-	defDur(&c.Queue.ProbeInterval, 30*time.Second)
+	defDur(&c.Queue.ProbeInterval, 10*time.Second)
 	defInt(&c.Queue.Workers, 16)
 	defInt(&c.Queue.Sessions, 10)
 	defInt(&c.Queue.Batch, 200)
