@@ -12,8 +12,10 @@
 package queue
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -352,7 +354,16 @@ func (s *Scheduler) work(ctx, stop context.Context, l *store.Lease, first []stor
 	// Queue.Sessions senders deliver them, and this goroutine records the
 	// results in groups. Memory is bounded by two batches.
 	batch := s.Config.Queue.Batch
-	jobs := make(chan store.Delivery, batch)
+	sessions := s.Config.Queue.Sessions
+	// The feeder reads bodies ahead, a group of `sessions` at a time, when
+	// the store can (one read instead of one per message): the queue of
+	// jobs is then kept short, so that it holds at most a few groups.
+	bodies, _ := s.Store.(store.BodiesReader)
+	jobCap := batch
+	if bodies != nil {
+		jobCap = sessions
+	}
+	jobs := make(chan job, jobCap)
 	results := make(chan decided, batch)
 	recorded := make(chan struct{}, 1) // the feeder waits on it when all is in flight
 
@@ -368,14 +379,28 @@ func (s *Scheduler) work(ctx, stop context.Context, l *store.Lease, first []stor
 			}
 			busy := len(inflight)
 			mu.Unlock()
-			for _, d := range ds {
-				select {
-				case jobs <- d:
-				case <-ctx.Done():
-					return
-				case <-stop.Done():
-					return
+			for len(ds) > 0 {
+				n := len(ds)
+				var got map[string][]byte
+				if bodies != nil {
+					n = min(n, sessions)
+					ids := make([]string, n)
+					for i := range n {
+						ids[i] = ds[i].ID
+					}
+					// On error each sender reads its body itself.
+					got, _ = bodies.Bodies(ctx, ids)
 				}
+				for _, d := range ds[:n] {
+					select {
+					case jobs <- job{d, got[d.ID]}:
+					case <-ctx.Done():
+						return
+					case <-stop.Done():
+						return
+					}
+				}
+				ds = ds[n:]
 			}
 			if len(ds) == 0 {
 				if busy == 0 {
@@ -411,10 +436,10 @@ func (s *Scheduler) work(ctx, stop context.Context, l *store.Lease, first []stor
 	for range s.Config.Queue.Sessions {
 		senders.Go(func() {
 			var sess relay.Session
-			for d := range jobs {
+			for j := range jobs {
 				flushes := s.flushes.Load()
 				var r store.Result
-				r, sess = c.deliverOne(ctx, &d, sess)
+				r, sess = c.deliverOne(ctx, &j.d, j.body, sess)
 				results <- decided{r, flushes}
 			}
 			if sess != nil {
@@ -492,6 +517,13 @@ func (s *Scheduler) work(ctx, stop context.Context, l *store.Lease, first []stor
 			record()
 		}
 	}
+}
+
+// job is a delivery handed to a sender, with its body when the feeder read
+// it ahead (nil: the sender reads it).
+type job struct {
+	d    store.Delivery
+	body []byte
 }
 
 // decided is one result and the flush count when its attempt began.
@@ -587,7 +619,7 @@ func (c *cycle) session(ctx context.Context, sess relay.Session) (relay.Session,
 }
 
 // deliverOne makes one attempt at d and decides the fate of each recipient.
-func (c *cycle) deliverOne(ctx context.Context, d *store.Delivery, sess relay.Session) (store.Result, relay.Session) {
+func (c *cycle) deliverOne(ctx context.Context, d *store.Delivery, data []byte, sess relay.Session) (store.Result, relay.Session) {
 	s := c.s
 	log := s.Log.With("id", d.ID, "domain", d.Domain)
 	res := store.Result{ID: d.ID, Attempted: true}
@@ -596,7 +628,11 @@ func (c *cycle) deliverOne(ctx context.Context, d *store.Delivery, sess relay.Se
 
 	sess, sendErr = c.session(ctx, sess)
 	if sendErr == nil {
-		body, err := s.Store.Body(ctx, d.ID)
+		var body io.ReadCloser = io.NopCloser(bytes.NewReader(data))
+		var err error
+		if data == nil {
+			body, err = s.Store.Body(ctx, d.ID)
+		}
 		if err != nil {
 			log.Error("opening stored body failed", "err", err)
 			res.Attempted = false

@@ -88,6 +88,14 @@ func (d *Delivery) State() string {
 	return "queued"
 }
 
+// BodiesReader is implemented by stores that can read several message bodies
+// in one go (the scheduler reads ahead of its sessions with it). Bodies
+// returns those of ids it holds as small in-memory values; an id missing from
+// the map is read with Store.Body.
+type BodiesReader interface {
+	Bodies(ctx context.Context, ids []string) (map[string][]byte, error)
+}
+
 // Lease grants its Owner the exclusive right to work on Domain until Expires.
 type Lease struct {
 	Domain  string

@@ -524,6 +524,34 @@ func (s *Store) Body(ctx context.Context, id string) (io.ReadCloser, error) {
 	return f, err
 }
 
+// Bodies implements store.BodiesReader: the inline bodies among ids, read
+// in one statement (one read transaction instead of one per body). Bodies
+// kept as files are not in the map.
+func (s *Store) Bodies(ctx context.Context, ids []string) (map[string][]byte, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	idsJSON, err := json.Marshal(ids)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := s.rst.getBodies.QueryContext(ctx, string(idsJSON))
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := make(map[string][]byte, len(ids))
+	for rows.Next() {
+		var id string
+		var data []byte
+		if err := rows.Scan(&id, &data); err != nil {
+			return nil, err
+		}
+		out[id] = data
+	}
+	return out, rows.Err()
+}
+
 // List implements store.Store. The cursor is "<id> <domain>" of the last
 // delivery of the previous page (see Cursor); Page.Limit defaults to 100 and
 // is capped at 1000.

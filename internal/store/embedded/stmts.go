@@ -127,11 +127,13 @@ const (
 	nextDueSQL    = `SELECT MIN(next_attempt) FROM deliveries WHERE held = 0`
 	hasMessageSQL = `SELECT 1 FROM messages WHERE id = ?`
 	getBodySQL    = `SELECT data FROM bodies WHERE id = ?`
+	// getBodiesSQL: ids (JSON).
+	getBodiesSQL = `SELECT b.id, b.data FROM json_each(?) AS j CROSS JOIN bodies AS b WHERE b.id = j.value`
 )
 
 // rstmts are the readers' prepared statements, on the read pool.
 type rstmts struct {
-	leaseHeld, more, nextDue, hasMessage, getBody *sql.Stmt
+	leaseHeld, more, nextDue, hasMessage, getBody, getBodies *sql.Stmt
 }
 
 func prepareReaders(db *sql.DB) (*rstmts, error) {
@@ -146,6 +148,7 @@ func prepareReaders(db *sql.DB) (*rstmts, error) {
 		{&st.nextDue, nextDueSQL},
 		{&st.hasMessage, hasMessageSQL},
 		{&st.getBody, getBodySQL},
+		{&st.getBodies, getBodiesSQL},
 	} {
 		s, err := db.Prepare(p.sql)
 		if err != nil {
@@ -162,7 +165,7 @@ func prepareReaders(db *sql.DB) (*rstmts, error) {
 }
 
 func (st *rstmts) close() {
-	for _, s := range []*sql.Stmt{st.leaseHeld, st.more, st.nextDue, st.hasMessage, st.getBody} {
+	for _, s := range []*sql.Stmt{st.leaseHeld, st.more, st.nextDue, st.hasMessage, st.getBody, st.getBodies} {
 		if s != nil {
 			_ = s.Close()
 		}
