@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"sync"
 	"syscall"
 	"time"
@@ -34,6 +35,10 @@ import (
 	"backupmx/internal/store/postgres"
 	"backupmx/internal/tlsconf"
 )
+
+// gcPercent is the server's garbage collection target (GOGC) unless the
+// environment sets one.
+const gcPercent = 200
 
 // version is set at build time with -ldflags "-X main.version=…".
 var version = "dev"
@@ -146,6 +151,12 @@ func serve(args []string, stderr io.Writer) int {
 		return 1
 	}
 	log := newLogger(cfg.Log, stderr)
+	if os.Getenv("GOGC") == "" {
+		// The live heap is small (the queue lives on disk) and most of what
+		// is allocated is message data passing through: collecting at 200%
+		// instead of 100% halves the collector's CPU for a few MB more.
+		debug.SetGCPercent(gcPercent)
+	}
 	if err := serveConfig(cfg, log); err != nil {
 		log.Error("fatal", "err", err)
 		return 1
