@@ -107,7 +107,7 @@ nodes_stop() {
 	for p in "${PIDS[@]}"; do kill "$p"; wait "$p" || true; done
 	PIDS=()
 }
-queue_empty() { [ "$(curl -fsS "http://$(admin_addr 0)/v1/queue?limit=1" | jq '.items | length')" = 0 ]; }
+queue_empty() { curl -fsS "http://$(admin_addr 0)/v1/queue?limit=1" | grep -q '"items":\[\]'; }
 queue_count() {
 	local n=0 after="" page
 	while :; do

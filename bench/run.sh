@@ -148,7 +148,9 @@ bmx_stop() {
 }
 
 bmx_empty() {
-	[ "$(curl -fsS "http://$BMX_ADMIN/v1/queue?limit=1" | jq '.items | length')" = 0 ]
+	# curl and grep only: this runs every 0.1 s during the drain, on the same
+	# two cores (a jq process each time cost backupmx ~20% of its drain rate).
+	curl -fsS "http://$BMX_ADMIN/v1/queue?limit=1" | grep -q '"items":\[\]'
 }
 
 # bmx_count: deliveries in the queue, paging through the admin API.
