@@ -113,6 +113,10 @@ type Queue struct {
 	Retention      Duration   `toml:"retention"`       // default 15d, then a DSN
 	Retry          []Duration `toml:"retry"`           // the last interval repeats
 	ProbeInterval  Duration   `toml:"probe_interval"`  // default 10s
+	// ProbeRate caps how many probes start per second (default 100): with
+	// more down domains than ProbeInterval × ProbeRate, a round takes longer
+	// than the interval and each primary is probed less often.
+	ProbeRate int `toml:"probe_rate"`
 	Workers        int        `toml:"workers"`         // domains delivered at once; default 16
 	Sessions       int        `toml:"sessions"`        // connections per primary; default 10
 	Batch          int        `toml:"batch"`           // deliveries read per claim; default 200
@@ -348,12 +352,13 @@ func (c *Config) Validate() error {
 		}
 	}
 	defDur(&c.Queue.ProbeInterval, 10*time.Second)
+	defInt(&c.Queue.ProbeRate, 100)
 	defInt(&c.Queue.Workers, 16)
 	defInt(&c.Queue.Sessions, 10)
 	defInt(&c.Queue.Batch, 200)
 	defDur(&c.Queue.Lease, 2*time.Minute)
 	defDur(&c.Queue.ConnectTimeout, 30*time.Second)
-	for key, v := range map[string]int{"queue.workers": c.Queue.Workers, "queue.sessions": c.Queue.Sessions, "queue.batch": c.Queue.Batch} {
+	for key, v := range map[string]int{"queue.workers": c.Queue.Workers, "queue.sessions": c.Queue.Sessions, "queue.batch": c.Queue.Batch, "queue.probe_rate": c.Queue.ProbeRate} {
 		if v < 1 {
 			bad(key, "must be at least 1")
 		}

@@ -38,7 +38,7 @@ name = "Example.TEST."
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Queue.Retention.D() != 15*24*time.Hour || c.Queue.ProbeInterval.D() != 10*time.Second {
+	if c.Queue.Retention.D() != 15*24*time.Hour || c.Queue.ProbeInterval.D() != 10*time.Second || c.Queue.ProbeRate != 100 {
 		t.Errorf("retention %v probe %v", c.Queue.Retention, c.Queue.ProbeInterval)
 	}
 	var retry []time.Duration

@@ -290,10 +290,23 @@ func (s *Scheduler) probeAll(ctx context.Context) {
 	// packets (each probe then waits its whole budget) still fits in minutes.
 	budget := min(s.Config.Queue.ConnectTimeout.D(), 10*time.Second) + 5*time.Second
 	sem := make(chan struct{}, 64)
+	// Starts are paced at Queue.ProbeRate a second: thousands of down
+	// domains are probed in a longer round, not in a burst every interval.
+	pace := time.NewTicker(time.Second / time.Duration(max(s.Config.Queue.ProbeRate, 1)))
+	defer pace.Stop()
 	var wg sync.WaitGroup
+	started := 0
 	for _, d := range domains {
 		if s.Config.Domain(d) == nil {
 			continue // notices to senders: no probing of foreign hosts
+		}
+		if started++; started > 1 {
+			select {
+			case <-pace.C:
+			case <-ctx.Done():
+				wg.Wait()
+				return
+			}
 		}
 		wg.Add(1)
 		sem <- struct{}{}

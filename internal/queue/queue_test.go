@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -45,6 +46,7 @@ type fakeNet struct {
 	replies map[string]relay.Reply // recipient → reply instead of 250
 	got     []sent
 	probes  int
+	probeAt []time.Time // when each probe started
 	noDSN   bool                // the primaries do not support DSN
 	onDial  func(domain string) // called (unlocked) before each dial
 	refuse  int                 // refuse this many dials even to domains up
@@ -86,6 +88,7 @@ func (n *fakeNet) Dial(ctx context.Context, domain string) (relay.Session, error
 func (n *fakeNet) Probe(ctx context.Context, domain string) error {
 	n.mu.Lock()
 	n.probes++
+	n.probeAt = append(n.probeAt, time.Now())
 	n.mu.Unlock()
 	s, err := n.Dial(ctx, domain)
 	if err == nil {
@@ -380,6 +383,33 @@ func TestSuccessFlushesDomain(t *testing.T) {
 	rest := h.list(store.Filter{})
 	if len(rest) != 1 || rest[0].Domain != "other.test" {
 		t.Fatalf("left: %+v", rest)
+	}
+}
+
+// TestProbesPaced: a probe round starts at most queue.probe_rate probes a
+// second, so thousands of down domains are not probed in one burst.
+func TestProbesPaced(t *testing.T) {
+	h := newHarness(t, "probe_rate = 20\n[[domain]]\nname = \"third.test\"\n[[domain]]\nname = \"fourth.test\"")
+	for _, d := range []string{"example.test", "other.test", "third.test", "fourth.test"} {
+		h.enqueue("alice@sender.test", "bob@"+d)
+	}
+	h.runDue() // every primary is down: all four deferred, waiting
+	h.net.mu.Lock()
+	h.net.probeAt = nil
+	h.net.mu.Unlock()
+	h.s.probeAll(context.Background())
+	h.net.mu.Lock()
+	at := append([]time.Time(nil), h.net.probeAt...)
+	h.net.mu.Unlock()
+	if len(at) != 4 {
+		t.Fatalf("%d probes, want 4", len(at))
+	}
+	slices.SortFunc(at, func(a, b time.Time) int { return a.Compare(b) })
+	for i := 1; i < len(at); i++ {
+		// 20 a second: 50 ms apart (a ticker may fire a little early).
+		if gap := at[i].Sub(at[i-1]); gap < 40*time.Millisecond {
+			t.Errorf("probes %d and %d started %v apart, want ≥ 50 ms", i-1, i, gap)
+		}
 	}
 }
 
