@@ -110,18 +110,18 @@ type Store struct {
 
 // Queue is the scheduler's policy.
 type Queue struct {
-	Retention      Duration   `toml:"retention"`       // default 15d, then a DSN
-	Retry          []Duration `toml:"retry"`           // the last interval repeats
-	ProbeInterval  Duration   `toml:"probe_interval"`  // default 10s
+	Retention     Duration   `toml:"retention"`      // default 15d, then a DSN
+	Retry         []Duration `toml:"retry"`          // the last interval repeats
+	ProbeInterval Duration   `toml:"probe_interval"` // default 10s
 	// ProbeRate caps how many probes start per second (default 100): with
 	// more down domains than ProbeInterval × ProbeRate, a round takes longer
 	// than the interval and each primary is probed less often.
-	ProbeRate int `toml:"probe_rate"`
-	Workers        int        `toml:"workers"`         // domains delivered at once; default 16
-	Sessions       int        `toml:"sessions"`        // connections per primary; default 10
-	Batch          int        `toml:"batch"`           // deliveries read per claim; default 200
-	Lease          Duration   `toml:"lease"`           // domain lease length; default 2m
-	ConnectTimeout Duration   `toml:"connect_timeout"` // default 30s
+	ProbeRate      int      `toml:"probe_rate"`
+	Workers        int      `toml:"workers"`         // domains delivered at once; default 16
+	Sessions       int      `toml:"sessions"`        // connections per primary; default 10
+	Batch          int      `toml:"batch"`           // deliveries read per claim; default 200
+	Lease          Duration `toml:"lease"`           // domain lease length; default 2m
+	ConnectTimeout Duration `toml:"connect_timeout"` // default 30s
 }
 
 // Admin is the HTTP API the queue commands use.

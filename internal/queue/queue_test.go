@@ -46,7 +46,7 @@ type fakeNet struct {
 	replies map[string]relay.Reply // recipient → reply instead of 250
 	got     []sent
 	probes  int
-	probeAt []time.Time // when each probe started
+	probeAt []time.Time         // when each probe started
 	noDSN   bool                // the primaries do not support DSN
 	onDial  func(domain string) // called (unlocked) before each dial
 	refuse  int                 // refuse this many dials even to domains up
