@@ -215,7 +215,7 @@ func serveConfig(cfg *config.Config, log *slog.Logger) error {
 
 	var listeners []net.Listener
 	for _, addr := range cfg.SMTP.Listen {
-		l, err := net.Listen("tcp", addr)
+		l, err := smtpd.Listen(ctx, addr)
 		if err != nil {
 			for _, l := range listeners {
 				l.Close()

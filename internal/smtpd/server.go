@@ -143,7 +143,7 @@ func (s *Server) ListenAndServe(ctx context.Context) error {
 	s.init()
 	var ls []net.Listener
 	for _, addr := range s.Config.SMTP.Listen {
-		l, err := (&net.ListenConfig{}).Listen(ctx, "tcp", addr)
+		l, err := Listen(ctx, addr)
 		if err != nil {
 			for _, l := range ls {
 				l.Close()
@@ -307,6 +307,14 @@ func (l *listener) Accept() (net.Conn, error) {
 		c.startDNSBL()
 		return c, nil
 	}
+}
+
+// Listen opens an SMTP listening socket. Accepted connections get no TCP
+// keepalive: every read has its own idle deadline (RFC 5321 §4.5.3.2), which
+// ends a dead client's session sooner, and three setsockopt calls per
+// connection are saved.
+func Listen(ctx context.Context, addr string) (net.Listener, error) {
+	return (&net.ListenConfig{KeepAlive: -1}).Listen(ctx, "tcp", addr)
 }
 
 // refuse answers a connection over a limit with 421 (RFC 5321 §3.8) and closes it.
