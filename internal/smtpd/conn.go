@@ -484,22 +484,29 @@ func (c *conn) Write(p []byte) (int, error) {
 
 // greetingReply puts our name first in go-smtp's reply to EHLO and HELO
 // ("250-Hello client" and "250 2.0.0 Hello client"), as RFC 5321 §4.1.1.1
-// requires: "250" SP Domain [ SP greeting ]. go-smtp writes each reply line
-// with one Write, and no other reply starts this way. The EHLO reply also
-// gets conn's own commands: ETRN (RFC 1985 §3) when the server can flush, and
-// STARTTLS while there is a certificate and no TLS yet.
+// requires: "250" SP Domain [ SP greeting ]. go-smtp writes each reply in one
+// Write (our copy's patch; one line per Write upstream: both are handled),
+// and no other reply starts this way. The EHLO reply also gets conn's own
+// commands after its first line: ETRN (RFC 1985 §3) when the server can
+// flush, and STARTTLS while there is a certificate and no TLS yet.
 func (c *conn) greetingReply(p []byte) ([]byte, bool) {
 	for _, prefix := range []string{"250-Hello ", "250 2.0.0 Hello "} {
-		if rest, ok := bytes.CutPrefix(p, []byte(prefix)); ok {
-			q := fmt.Appendf(nil, "%s%s Hello %s", prefix[:4], c.s.Config.Hostname, rest)
-			if prefix[3] == '-' && c.s.ETRN != nil {
-				q = append(q, "250-ETRN\r\n"...)
-			}
-			if prefix[3] == '-' && c.s.TLS != nil && c.tls.Load() == nil {
-				q = append(q, "250-STARTTLS\r\n"...)
-			}
-			return q, true
+		rest, ok := bytes.CutPrefix(p, []byte(prefix))
+		if !ok {
+			continue
 		}
+		first := len(rest) // the end of the greeting line
+		if i := bytes.IndexByte(rest, '\n'); i >= 0 {
+			first = i + 1
+		}
+		q := fmt.Appendf(make([]byte, 0, len(p)+64), "%s%s Hello %s", prefix[:4], c.s.Config.Hostname, rest[:first])
+		if prefix[3] == '-' && c.s.ETRN != nil {
+			q = append(q, "250-ETRN\r\n"...)
+		}
+		if prefix[3] == '-' && c.s.TLS != nil && c.tls.Load() == nil {
+			q = append(q, "250-STARTTLS\r\n"...)
+		}
+		return append(q, rest[first:]...), true
 	}
 	return nil, false
 }

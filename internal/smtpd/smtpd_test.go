@@ -1,7 +1,6 @@
 package smtpd
 
 import (
-	"backupmx/internal/config"
 	"errors"
 	"net/netip"
 	"reflect"
@@ -10,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"backupmx/internal/config"
 	"backupmx/internal/store"
 )
 
@@ -337,5 +337,27 @@ func TestBodiesKeptExactly(t *testing.T) {
 		if _, rest, ok := strings.Cut(got, "+0000\r\n"); !ok || rest != body {
 			t.Errorf("case %d: stored %q, want %q after Received", i, rest, body)
 		}
+	}
+}
+
+// TestGreetingReplyWholeOrByLine: our name and our EHLO keywords go in the
+// right place whether go-smtp writes the EHLO reply in one Write (our copy)
+// or a line at a time (upstream).
+func TestGreetingReplyWholeOrByLine(t *testing.T) {
+	c := &conn{s: &Server{Config: &config.Config{Hostname: "mx.test"}, ETRN: func(string) error { return nil }}}
+	got, ok := c.greetingReply([]byte("250-Hello client.test\r\n250-PIPELINING\r\n250 SIZE 10\r\n"))
+	if want := "250-mx.test Hello client.test\r\n250-ETRN\r\n250-PIPELINING\r\n250 SIZE 10\r\n"; !ok || string(got) != want {
+		t.Errorf("whole reply:\n%q\nwant\n%q", got, want)
+	}
+	got, ok = c.greetingReply([]byte("250-Hello client.test\r\n"))
+	if want := "250-mx.test Hello client.test\r\n250-ETRN\r\n"; !ok || string(got) != want {
+		t.Errorf("first line alone: %q, want %q", got, want)
+	}
+	got, ok = c.greetingReply([]byte("250 2.0.0 Hello client.test\r\n"))
+	if want := "250 mx.test Hello client.test\r\n"; !ok || string(got) != want {
+		t.Errorf("HELO: %q, want %q", got, want)
+	}
+	if _, ok := c.greetingReply([]byte("250 2.0.0 Ok\r\n")); ok {
+		t.Error("another reply rewritten")
 	}
 }
