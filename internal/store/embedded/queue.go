@@ -440,7 +440,7 @@ func completeAll(tx *wtx, domain string, results []store.Result) ([]string, erro
 	return files, nil
 }
 
-// scanIDs reads rows of one text column.
+// scanIDs reads rows of one text column (ids, domains).
 func scanIDs(rows *sql.Rows, err error) ([]string, error) {
 	if err != nil {
 		return nil, err
@@ -470,27 +470,14 @@ func (s *Store) NextDue(ctx context.Context) (time.Time, bool, error) {
 // Waiting implements store.Store. It walks the distinct domains through
 // deliveries_domain (one index seek per domain), never the whole queue.
 func (s *Store) Waiting(ctx context.Context, now time.Time) ([]string, error) {
-	rows, err := s.rdb.QueryContext(ctx, `
+	return scanIDs(s.rdb.QueryContext(ctx, `
 		WITH RECURSIVE doms(d) AS (
 			SELECT MIN(domain) FROM deliveries
 			UNION ALL
 			SELECT (SELECT MIN(domain) FROM deliveries WHERE domain > doms.d) FROM doms WHERE doms.d IS NOT NULL
 		)
 		SELECT d FROM doms WHERE d IS NOT NULL AND EXISTS (
-			SELECT 1 FROM deliveries x WHERE x.domain = doms.d AND x.held = 0 AND x.next_attempt > ?)`, sqlrow.Nanos(now))
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var d string
-		if err := rows.Scan(&d); err != nil {
-			return nil, err
-		}
-		out = append(out, d)
-	}
-	return out, rows.Err()
+			SELECT 1 FROM deliveries x WHERE x.domain = doms.d AND x.held = 0 AND x.next_attempt > ?)`, sqlrow.Nanos(now)))
 }
 
 // Body implements store.Store. An inline body is read from the bodies
