@@ -392,19 +392,19 @@ func (s *Scheduler) work(ctx, stop context.Context, l *store.Lease, first []stor
 			}
 			busy := len(inflight)
 			mu.Unlock()
-			for len(ds) > 0 {
-				n := len(ds)
+			for rest := ds; len(rest) > 0; {
+				n := len(rest)
 				var got map[string][]byte
 				if bodies != nil {
 					n = min(n, sessions)
 					ids := make([]string, n)
 					for i := range n {
-						ids[i] = ds[i].ID
+						ids[i] = rest[i].ID
 					}
 					// On error each sender reads its body itself.
 					got, _ = bodies.Bodies(ctx, ids)
 				}
-				for _, d := range ds[:n] {
+				for _, d := range rest[:n] {
 					select {
 					case jobs <- job{d, got[d.ID]}:
 					case <-ctx.Done():
@@ -413,7 +413,7 @@ func (s *Scheduler) work(ctx, stop context.Context, l *store.Lease, first []stor
 						return
 					}
 				}
-				ds = ds[n:]
+				rest = rest[n:]
 			}
 			if len(ds) == 0 {
 				if busy == 0 {
