@@ -139,10 +139,15 @@ CREATE TABLE IF NOT EXISTS leases (
 CREATE INDEX IF NOT EXISTS leases_live ON leases (expires);
 -- Bodies of at most the inline threshold; a row exists exactly while its
 -- messages row does (same transactions). Larger bodies are files.
+-- A rowid table, not WITHOUT ROWID: a table leaf keeps ~2 KiB of a row
+-- locally where an index leaf keeps ~1 KiB, so a 10 KB body takes two
+-- overflow pages instead of three, and storing, reading and freeing one
+-- costs ~15-30% less (BenchmarkEnqueue, BenchmarkDrain). Stores created
+-- with the WITHOUT ROWID table keep it: the statements are the same.
 CREATE TABLE IF NOT EXISTS bodies (
 	id   TEXT PRIMARY KEY,
 	data BLOB NOT NULL
-) WITHOUT ROWID;
+);
 `
 
 // Open opens (creating if needed) the store in dir, sweeps orphaned body
