@@ -104,16 +104,24 @@ type conn struct {
 	name     string // forward-confirmed reverse DNS name, or ""
 
 	closeOnce sync.Once
+	rmu       sync.Mutex // held by Read; Close gives base back only under it
 }
 
+// readBufs recycles connections' read buffers: with one connection per
+// message they were most of the bytes the server allocated.
+var readBufs = sync.Pool{New: func() any { b := make([]byte, 2*maxCommandLine); return &b }}
+
 func newConn(nc net.Conn, s *Server) *conn {
-	base := make([]byte, 2*maxCommandLine)
+	base := *readBufs.Get().(*[]byte)
 	return &conn{Conn: nc, s: s, ip: remoteIP(nc.RemoteAddr()), base: base, buf: base[:0]}
 }
 
-// Read hands go-smtp the next measured batch of client bytes.
+// Read hands go-smtp the next measured batch of client bytes. It holds rmu
+// throughout: Close gives the buffer back only when no Read uses it.
 func (c *conn) Read(p []byte) (int, error) {
-	if c.dead.Load() {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	if c.dead.Load() || c.base == nil {
 		return 0, io.EOF
 	}
 	for c.fwd == 0 {
@@ -552,7 +560,8 @@ func (c *conn) pregreet() string {
 		return ""
 	}
 	c.Conn.SetReadDeadline(time.Now().Add(wait))
-	n, err := c.Conn.Read(c.base[:cap(c.base)])
+	var early [512]byte // any byte is a refusal: what it says is never used
+	n, err := c.Conn.Read(early[:])
 	c.Conn.SetReadDeadline(time.Time{})
 	var ne net.Error
 	switch {
@@ -599,6 +608,15 @@ func (c *conn) Close() error {
 	c.closeOnce.Do(func() {
 		err = c.Conn.Close()
 		c.s.untrack(c)
+		// Normally go-smtp closes from the connection's own goroutine, after
+		// its last Read. Closed from elsewhere (shutdown) while a Read runs,
+		// the buffer is left to that Read and the garbage collector.
+		if c.rmu.TryLock() {
+			b := c.base
+			c.base, c.buf, c.fwd = nil, nil, 0
+			c.rmu.Unlock()
+			readBufs.Put(&b)
+		}
 	})
 	return err
 }
