@@ -66,7 +66,7 @@ func (c *Conn) init() {
 		io.Writer
 		io.Closer
 	}{
-		Reader: c.lineLimitReader,
+		Reader: flushReader{c.lineLimitReader, c}, // backupmx patch
 		Writer: c.conn,
 		Closer: c.conn,
 	}
@@ -1304,9 +1304,12 @@ func (c *Conn) writeResponse(code int, enhCode EnhancedCode, text ...string) {
 	// transform each single line with \n, into separate lines
 	text = strings.Split(strings.Join(text, "\n"), "\n")
 
-	// backupmx patch: the whole reply goes out in one write. textproto's
-	// PrintfLine flushes after every line, so a multi-line reply (EHLO's, ten
-	// lines) cost one write(2) a line.
+	// backupmx patch: replies are buffered and go out when the server is
+	// about to wait for the client (flushReader, before every read from the
+	// connection) or is about to hang up (221, 421, 500 below). textproto's
+	// PrintfLine flushed every line: the ten-line EHLO reply was ten
+	// write(2)s, and pipelined MAIL, RCPT and DATA (RFC 2920) got one write
+	// each where one for all three does, as Postfix does it.
 	w := c.text.W
 	lastLineIndex := len(text) - 1
 	for i := 0; i < lastLineIndex; i++ {
@@ -1317,7 +1320,31 @@ func (c *Conn) writeResponse(code int, enhCode EnhancedCode, text ...string) {
 	} else {
 		fmt.Fprintf(w, "%d %v.%v.%v %v\r\n", code, enhCode[0], enhCode[1], enhCode[2], text[lastLineIndex])
 	}
-	w.Flush()
+	// 221 and 421 (and 500, "Too many errors", "Too long line") may be
+	// followed by the end of the connection: those never wait.
+	// LMTP answers DATA per recipient while another goroutine reads the
+	// body: there every reply goes out at once, as upstream does.
+	if code == 221 || code == 421 || code == 500 || c.server.LMTP {
+		w.Flush()
+	}
+}
+
+// flushReader is the connection as go-smtp's reader sees it (backupmx
+// patch): it writes out the buffered replies before each read, which is
+// where the server may wait for the client. All reads and writes happen on
+// the connection's goroutine.
+type flushReader struct {
+	r io.Reader
+	c *Conn
+}
+
+func (f flushReader) Read(p []byte) (int, error) {
+	if t := f.c.text; t != nil && !f.c.server.LMTP && t.W.Buffered() > 0 {
+		if err := t.W.Flush(); err != nil {
+			return 0, err
+		}
+	}
+	return f.r.Read(p)
 }
 
 func (c *Conn) writeError(code int, enhCode EnhancedCode, err error) {
