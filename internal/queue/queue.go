@@ -641,9 +641,11 @@ func (c *cycle) deliverOne(ctx context.Context, d *store.Delivery, data []byte, 
 
 	sess, sendErr = c.session(ctx, sess)
 	if sendErr == nil {
-		var body io.ReadCloser = io.NopCloser(bytes.NewReader(data))
+		var body io.ReadCloser
 		var err error
-		if data == nil {
+		if data != nil {
+			body = io.NopCloser(bytes.NewReader(data))
+		} else {
 			body, err = s.Store.Body(ctx, d.ID)
 		}
 		if err != nil {

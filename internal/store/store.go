@@ -67,6 +67,15 @@ type Deferral struct {
 	Error string    // its last_error
 }
 
+// FirstSchedule is what Enqueue stores for the new delivery to domain: due
+// at arrival with no attempt yet, or as Deferred says.
+func (e *Envelope) FirstSchedule(domain string) (next time.Time, attempts int, lastError string) {
+	if d, ok := e.Deferred[domain]; ok {
+		return d.Next, 1, d.Error
+	}
+	return e.Received, 0, ""
+}
+
 // Delivery is the part of a message bound for one domain, with its schedule.
 type Delivery struct {
 	ID          string      `json:"id"` // the message's queue id

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -636,6 +637,9 @@ func TestInlineNever(t *testing.T) {
 	assertBodies(t, s)
 }
 
+// pending is the number of ops handed to the writer and not yet taken.
+func (w *writer) pending() int { return len(w.ops) }
+
 // TestGroupWithFailingOp: ops committed in one group where one fails after
 // writing: the others' writes are committed, the failing op's are not, and
 // each caller gets its own outcome (the group is run again with savepoints).
@@ -689,5 +693,25 @@ func TestGroupWithFailingOp(t *testing.T) {
 		if r := runs[i].Load(); r < 1 || r > 2 || i == 2 && r != 2 {
 			t.Errorf("op %d ran %d times", i, r)
 		}
+	}
+}
+
+// TestBodies: one read returns the inline bodies asked for; a body kept as a
+// file, or an unknown id, is absent from the map (the caller uses Body).
+func TestBodies(t *testing.T) {
+	s := openOptsT(t, t.TempDir(), WithInlineMax(100))
+	enqueue(t, s, "small1", "one")
+	enqueue(t, s, "small2", "two")
+	big := strings.Repeat("x", 500)
+	enqueue(t, s, "big", big)
+	got, err := s.Bodies(context.Background(), []string{"small1", "big", "small2", "unknown"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || string(got["small1"]) != "one" || string(got["small2"]) != "two" {
+		t.Fatalf("Bodies = %q, want small1 and small2 only", got)
+	}
+	if b := readBody(t, s, "big"); string(b) != big {
+		t.Fatalf("Body(big) = %d bytes", len(b))
 	}
 }

@@ -137,11 +137,8 @@ func insertMessage(tx *wtx, env *store.Envelope, envJSON string, size int64, rcp
 		return err
 	}
 	for dom, r := range rcpts {
-		next, attempts, lastErr := sqlrow.Nanos(env.Received), 0, ""
-		if d, ok := env.Deferred[dom]; ok {
-			next, attempts, lastErr = sqlrow.Nanos(d.Next), 1, d.Error
-		}
-		if _, err := tx.insDelivery.Exec(id, dom, r, next, attempts, lastErr); err != nil {
+		next, attempts, lastErr := env.FirstSchedule(dom)
+		if _, err := tx.insDelivery.Exec(id, dom, r, sqlrow.Nanos(next), attempts, lastErr); err != nil {
 			return err
 		}
 	}

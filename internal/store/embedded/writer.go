@@ -102,9 +102,6 @@ func (w *writer) do(ctx context.Context, dir string, fn func(*wtx) error) error 
 	return <-o.done
 }
 
-// pending is the number of ops handed over and not yet taken (for tests).
-func (w *writer) pending() int { return len(w.ops) }
-
 // close stops accepting ops, commits the ones already handed over, waits
 // for the goroutine to end, and gives the connection back.
 func (w *writer) close() error {
@@ -237,9 +234,9 @@ func (w *writer) commit(batch []*op) {
 }
 
 // runPlain runs the group's ops (those without an error yet) one after the
-// other in the open transaction, without savepoints. It reports whether all
-// succeeded. When the only op fails, its error is recorded and the
-// transaction rolled back: there is nothing to run again.
+// other in the open transaction, without savepoints. It reports whether the
+// group is settled: all succeeded, or the only op failed (its error is
+// recorded; finish rolls back: there is nothing to run again).
 func (w *writer) runPlain(tx *wtx, batch []*op, errs []error) bool {
 	live := 0
 	for i := range batch {
@@ -256,7 +253,6 @@ func (w *writer) runPlain(tx *wtx, batch []*op, errs []error) bool {
 				return false
 			}
 			errs[i] = err
-			_, _ = w.st.rollback.ExecContext(tx.ctx)
 			return true
 		}
 	}
@@ -266,7 +262,7 @@ func (w *writer) runPlain(tx *wtx, batch []*op, errs []error) bool {
 // finish commits the open transaction, if any op is left to commit.
 func (w *writer) finish(errs []error, failAll func(error)) {
 	if !slices.Contains(errs, nil) {
-		// Every op failed; runPlain already rolled back, or roll back now.
+		// Every op failed: nothing to keep.
 		_, _ = w.st.rollback.ExecContext(context.Background())
 		return
 	}

@@ -80,12 +80,9 @@ func (s *Store) Enqueue(ctx context.Context, env *store.Envelope, body io.Reader
 			// Before the delivery exists: ReleaseLease can't remove the
 			// domain's lease row until we have committed (see domainLock).
 			b.Queue(`SELECT pg_advisory_xact_lock_shared(`+domainLock+`)`, dom)
-			next, attempts, lastErr := sqlrow.Nanos(env.Received), 0, ""
-			if d, ok := env.Deferred[dom]; ok {
-				next, attempts, lastErr = sqlrow.Nanos(d.Next), 1, d.Error
-			}
+			next, attempts, lastErr := env.FirstSchedule(dom)
 			b.Queue(`INSERT INTO deliveries (id, domain, recipients, next_attempt, attempts, last_error) VALUES ($1, $2, $3, $4, $5, $6)`,
-				env.ID, dom, rcpts[dom], next, attempts, lastErr)
+				env.ID, dom, rcpts[dom], sqlrow.Nanos(next), attempts, lastErr)
 			// Only when missing: a plain read first never waits on a lease row
 			// another transaction is updating.
 			b.Queue(`INSERT INTO leases (domain) SELECT $1::text WHERE NOT EXISTS (SELECT 1 FROM leases WHERE domain = $1)
@@ -393,8 +390,9 @@ func (s *Store) List(ctx context.Context, f store.Filter, p store.Page) ([]store
 // Cursor is the List cursor that continues after d.
 func Cursor(d store.Delivery) string { return d.ID + " " + d.Domain }
 
-// Flush implements store.Store. Deliveries already overdue keep their
-// earlier time, so they stay ahead in Claim's order. Other nodes are kicked.
+// Flush implements store.Store. Only deliveries not yet due are written:
+// those already overdue keep their earlier time, so they stay ahead in
+// Claim's order. Other nodes are kicked.
 func (s *Store) Flush(ctx context.Context, f store.Filter, now time.Time) (int, error) {
 	where, args := filterSQL(f, 2)
 	return s.update(ctx, true, `UPDATE deliveries AS d SET next_attempt = $1 WHERE NOT d.held AND d.next_attempt > $1 AND `+where,
