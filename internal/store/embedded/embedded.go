@@ -1,32 +1,38 @@
-// Package embedded is the default, single-node store engine: the envelope,
-// the schedule index and small message bodies in SQLite, larger bodies as
-// files.
+// Package embedded is the default, single-node store engine: the envelope
+// and the schedule index in SQLite, small message bodies appended to
+// segment files, larger bodies as files of their own.
 //
 // Layout under the store directory:
 //
 //	index.db            SQLite (WAL, synchronous=FULL): messages, deliveries,
-//	                    leases, and bodies (those of at most the inline
-//	                    threshold, WithInlineMax, default 64 KiB)
+//	                    leases, segbodies (where each small body is)
+//	segments/<n>        small bodies (at most WithSmallMax, default 64 KiB),
+//	                    appended at 4 KiB-aligned offsets; n = 16 hex digits
 //	bodies/<xx>/<id>    one file per larger message, xx = 2 hex digits of a hash of id
 //	tmp/                bodies being received
 //	lock                flock(2)ed while the store is open
 //
 // Invariant: Enqueue returns only after the commit that contains the
-// envelope, the deliveries and (for small messages) the body. A message's
-// body is in exactly one place: its bodies row, written in the same
-// transaction as its messages row, or its file. Enqueue reads up to the
+// envelope, the deliveries and the body's location, and a row never points
+// at a body that is not durable. A message's body is in exactly one place:
+// a segment (its segbodies row is written in the same transaction as its
+// messages row), or its file (or, in stores written before segments, a row
+// of the bodies table, still read and removed). Enqueue reads up to the
 // threshold+1 bytes into a buffer (the memory an Enqueue holds is bounded by
-// the threshold); a body that ends within the threshold is inlined, so one
-// WAL fsync makes a whole group of messages durable together, with no file,
-// no file fsync and no directory fsync. A longer body is streamed to tmp/
-// (buffer first, then the rest), fsynced, linked into bodies/ and its
-// directory fsynced before the row is committed. Removal (Delete, or
-// Complete removing the last delivery) deletes the bodies row in the same
-// transaction as the messages row; a body file is removed after that
-// commit. So a crash can leave a body file without a row, never a row
-// without its body: at Open a sweep removes everything in tmp/ and every
-// body file that has no row. Freed pages of index.db are reused, not given
-// back to the file system.
+// the threshold); a body that ends within the threshold is written into the
+// current segment by the caller, and the writer fdatasyncs that segment once
+// for its whole group before the COMMIT, so one segment sync and one WAL
+// fsync make a whole group of messages durable together, with no file
+// creation and no directory fsync (segments.go). A longer body is streamed
+// to tmp/ (buffer first, then the rest), fsynced, linked into bodies/ and
+// its directory fsynced before the row is committed. Removal (Delete, or
+// Complete removing the last delivery) deletes the body's row in the same
+// transaction as the messages row; the body's segment blocks are punched
+// out, or its file removed, after that commit. So a crash can leave body
+// bytes or a body file without a row, never a row without its body: at Open
+// a sweep removes everything in tmp/, every body file that has no row and
+// every segment no row points into. Freed pages of index.db are reused, not
+// given back to the file system.
 //
 // Writes go through one writer goroutine that commits whatever is pending in
 // one transaction (group commit): concurrent callers share the directory and
@@ -69,13 +75,14 @@ var ErrClosed = errors.New("embedded: store closed")
 type Option func(*options)
 
 type options struct {
-	logger    *slog.Logger
-	maxBatch  int
-	inlineMax int64
+	logger   *slog.Logger
+	maxBatch int
+	smallMax int64
+	segMax   int64
 }
 
-// DefaultInlineMax is the default inline threshold (WithInlineMax).
-const DefaultInlineMax = 64 << 10
+// DefaultSmallMax is the default small-body threshold (WithSmallMax).
+const DefaultSmallMax = 64 << 10
 
 // WithLogger sets the logger for the sweep and other rare events.
 func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l } }
@@ -83,11 +90,15 @@ func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l 
 // WithMaxBatch caps how many writes one group commit carries (default 512).
 func WithMaxBatch(n int) Option { return func(o *options) { o.maxBatch = n } }
 
-// WithInlineMax sets the largest body, in bytes, stored inside the SQLite
-// transaction that commits its message (default DefaultInlineMax); larger
-// bodies are files. 0 (or less) never inlines. Each Enqueue holds up to n+1
-// bytes in memory.
-func WithInlineMax(n int64) Option { return func(o *options) { o.inlineMax = max(n, 0) } }
+// WithSmallMax sets the largest body, in bytes, appended to a segment and
+// made durable by its group's commit (default DefaultSmallMax); larger
+// bodies are files. 0 (or less) makes every body a file. Each Enqueue holds
+// up to n+1 bytes in memory.
+func WithSmallMax(n int64) Option { return func(o *options) { o.smallMax = max(n, 0) } }
+
+// WithSegmentSize sets the size past which appends move to a new segment
+// (default 64 MiB).
+func WithSegmentSize(n int64) Option { return func(o *options) { o.segMax = max(n, segAlign) } }
 
 // Store is the embedded engine. It implements store.Store.
 type Store struct {
@@ -98,8 +109,10 @@ type Store struct {
 	rst    *rstmts // prepared on rdb
 	lockFD *os.File
 
-	inlineMax int64     // bodies of at most this many bytes go in the bodies table
-	bufs      sync.Pool // *[]byte of cap inlineMax+1, Enqueue's read buffers
+	smallMax     int64     // bodies of at most this many bytes go in segments
+	bufs         sync.Pool // *[]byte of cap smallMax+1, Enqueue's read buffers
+	segs         *segments
+	legacyBodies bool // the bodies table had rows at Open
 
 	w *writer
 
@@ -137,13 +150,19 @@ CREATE TABLE IF NOT EXISTS leases (
 ) WITHOUT ROWID;
 -- Claim: the live leases, without reading every domain ever leased.
 CREATE INDEX IF NOT EXISTS leases_live ON leases (expires);
--- Bodies of at most the inline threshold; a row exists exactly while its
--- messages row does (same transactions). Larger bodies are files.
--- A rowid table, not WITHOUT ROWID: a table leaf keeps ~2 KiB of a row
--- locally where an index leaf keeps ~1 KiB, so a 10 KB body takes two
--- overflow pages instead of three, and storing, reading and freeing one
--- costs ~15-30% less (BenchmarkEnqueue, BenchmarkDrain). Stores created
--- with the WITHOUT ROWID table keep it: the statements are the same.
+-- Where each small body is: segment number, offset, length. A row exists
+-- exactly while its messages row does (same transactions).
+CREATE TABLE IF NOT EXISTS segbodies (
+	id  TEXT PRIMARY KEY,
+	seg INTEGER NOT NULL,
+	off INTEGER NOT NULL,
+	len INTEGER NOT NULL
+) WITHOUT ROWID;
+-- Is a segment still used (removal of empty segments, the sweep), where
+-- does its last body end, where are the gaps between its bodies?
+CREATE INDEX IF NOT EXISTS segbodies_seg ON segbodies (seg, off, len);
+-- Small bodies of stores written before segments: read and removed, no
+-- longer written.
 CREATE TABLE IF NOT EXISTS bodies (
 	id   TEXT PRIMARY KEY,
 	data BLOB NOT NULL
@@ -153,16 +172,16 @@ CREATE TABLE IF NOT EXISTS bodies (
 // Open opens (creating if needed) the store in dir, sweeps orphaned body
 // files, and starts the writer.
 func Open(dir string, opts ...Option) (*Store, error) {
-	o := options{logger: slog.New(slog.DiscardHandler), maxBatch: 512, inlineMax: DefaultInlineMax}
+	o := options{logger: slog.New(slog.DiscardHandler), maxBatch: 512, smallMax: DefaultSmallMax, segMax: defaultSegMax}
 	for _, opt := range opts {
 		opt(&o)
 	}
 	if o.maxBatch < 1 {
 		o.maxBatch = 1
 	}
-	s := &Store{dir: dir, log: o.logger, inlineMax: o.inlineMax}
+	s := &Store{dir: dir, log: o.logger, smallMax: o.smallMax}
 	s.bufs.New = func() any {
-		b := make([]byte, s.inlineMax+1)
+		b := make([]byte, s.smallMax+1)
 		return &b
 	}
 	if err := s.open(o); err != nil {
@@ -223,6 +242,13 @@ func (s *Store) open(o options) error {
 		return err
 	}
 	if err := s.sweep(); err != nil {
+		return err
+	}
+	if err := s.rst.hasBodies.QueryRow().Scan(&s.legacyBodies); err != nil {
+		return err
+	}
+	s.segs, err = openSegments(filepath.Join(s.dir, "segments"), o.segMax, s.log, storeIndex{s.rst})
+	if err != nil {
 		return err
 	}
 	s.w, err = newWriter(s.wdb, o.maxBatch)
@@ -289,6 +315,35 @@ func (s *Store) sweepShard(shard string) (int, error) {
 	}
 }
 
+// storeIndex answers the segments' questions from the read pool.
+type storeIndex struct{ st *rstmts }
+
+func (x storeIndex) end(n uint64) (int64, bool, error) {
+	var off, l int64
+	err := x.st.segLast.QueryRow(int64(n)).Scan(&off, &l)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, false, nil
+	}
+	return off + l, err == nil, err
+}
+
+func (x storeIndex) live(n uint64) ([]segRef, error) {
+	rows, err := x.st.segLive.Query(int64(n))
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var refs []segRef
+	for rows.Next() {
+		r := segRef{seg: n}
+		if err := rows.Scan(&r.off, &r.len); err != nil {
+			return nil, err
+		}
+		refs = append(refs, r)
+	}
+	return refs, rows.Err()
+}
+
 // Dir is the directory the store lives in.
 func (s *Store) Dir() string { return s.dir }
 
@@ -303,6 +358,9 @@ func (s *Store) closeAll() error {
 	var errs []error
 	if s.w != nil {
 		errs = append(errs, s.w.close())
+	}
+	if s.segs != nil {
+		s.segs.close()
 	}
 	if s.rst != nil {
 		s.rst.close()

@@ -42,14 +42,16 @@ func openOptsT(t testing.TB, dir string, opts ...Option) *Store {
 }
 
 // TestConformance runs the suite with the default threshold (its small
-// bodies inline, its multi-MiB one a file) and with every body a file.
+// bodies in segments, its multi-MiB one a file), with segments so small that
+// appends keep moving to new ones, and with every body a file.
 func TestConformance(t *testing.T) {
 	for _, c := range []struct {
 		name string
 		opts []Option
 	}{
-		{"inline", nil},
-		{"files", []Option{WithInlineMax(0)}},
+		{"segments", nil},
+		{"tiny-segments", []Option{WithSegmentSize(segAlign)}},
+		{"files", []Option{WithSmallMax(0)}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			storetest.Run(t, storetest.Harness{
@@ -90,7 +92,7 @@ func enqueue(t testing.TB, s *Store, id, body string) {
 
 func TestSweep(t *testing.T) {
 	dir := t.TempDir()
-	s := openOptsT(t, dir, WithInlineMax(0)) // bodies as files
+	s := openOptsT(t, dir, WithSmallMax(0)) // bodies as files
 	enqueue(t, s, "keep1", "one")
 	enqueue(t, s, "keep2", "two")
 	// A crash after the body was durable but before the row commit leaves
@@ -107,7 +109,7 @@ func TestSweep(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	s = openOptsT(t, dir, WithInlineMax(0))
+	s = openOptsT(t, dir, WithSmallMax(0))
 	for _, p := range []string{orphan, tmp} {
 		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("%s survived the sweep: %v", p, err)
@@ -121,50 +123,86 @@ func TestSweep(t *testing.T) {
 	}
 }
 
-// assertBodies checks the invariant: every row has its body, inline or as
-// a file and never both, every body file has its row, and every inline body
-// has its row.
+// assertBodies checks the invariant: every row has its body in exactly one
+// place (a segment, a file, or a legacy bodies row) and of its size, every
+// body file and body row has its message row, and every segment file left
+// is one a row points into (or the one taking appends).
 func assertBodies(t *testing.T, s *Store) {
 	t.Helper()
-	rows, err := s.rdb.Query(`SELECT m.id, m.size, length(b.data) FROM messages m LEFT JOIN bodies b ON b.id = m.id`)
+	rows, err := s.rdb.Query(`SELECT m.id, m.size, length(b.data), sb.seg, sb.off, sb.len
+		FROM messages m LEFT JOIN bodies b ON b.id = m.id LEFT JOIN segbodies sb ON sb.id = m.id`)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer rows.Close()
 	files := 0
+	usedSegs := map[string]bool{}
 	for rows.Next() {
 		var id string
 		var size int64
-		var inline sql.NullInt64
-		if err := rows.Scan(&id, &size, &inline); err != nil {
+		var legacy, seg, off, slen sql.NullInt64
+		if err := rows.Scan(&id, &size, &legacy, &seg, &off, &slen); err != nil {
 			t.Fatal(err)
 		}
-		fi, err := os.Stat(s.bodyPath(id))
-		switch {
-		case inline.Valid && inline.Int64 != size:
-			t.Errorf("row %s (size %d) with an inline body of %d bytes", id, size, inline.Int64)
-		case inline.Valid && err == nil:
-			t.Errorf("row %s has both an inline body and a file", id)
-		case !inline.Valid && (err != nil || fi.Size() != size):
-			t.Errorf("row %s (size %d) without its body: %v", id, size, err)
+		fi, ferr := os.Stat(s.bodyPath(id))
+		places := 0
+		if legacy.Valid {
+			places++
+			if legacy.Int64 != size {
+				t.Errorf("row %s (size %d) with a legacy body of %d bytes", id, size, legacy.Int64)
+			}
 		}
-		if !inline.Valid {
+		if seg.Valid {
+			places++
+			name := fmt.Sprintf("%016x", seg.Int64)
+			usedSegs[name] = true
+			sfi, err := os.Stat(filepath.Join(s.dir, "segments", name))
+			switch {
+			case err != nil:
+				t.Errorf("row %s: segment %s: %v", id, name, err)
+			case slen.Int64 != size || off.Int64%segAlign != 0 || off.Int64+slen.Int64 > sfi.Size():
+				t.Errorf("row %s (size %d): segment %s at %d, %d bytes, segment size %d", id, size, name, off.Int64, slen.Int64, sfi.Size())
+			}
+		}
+		if ferr == nil {
+			places++
 			files++
+			if fi.Size() != size {
+				t.Errorf("row %s (size %d) with a body file of %d bytes", id, size, fi.Size())
+			}
+		}
+		if places != 1 {
+			t.Errorf("row %s has its body in %d places", id, places)
 		}
 	}
 	if err := rows.Err(); err != nil {
 		t.Fatal(err)
 	}
 	var orphans int
-	if err := s.rdb.QueryRow(`SELECT COUNT(*) FROM bodies b WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.id = b.id)`).Scan(&orphans); err != nil {
+	if err := s.rdb.QueryRow(`SELECT (SELECT COUNT(*) FROM bodies b WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.id = b.id))
+		+ (SELECT COUNT(*) FROM segbodies b WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.id = b.id))`).Scan(&orphans); err != nil {
 		t.Fatal(err)
 	}
 	if orphans > 0 {
-		t.Errorf("%d inline bodies without a row", orphans)
+		t.Errorf("%d body rows without a message", orphans)
 	}
 	paths, _ := filepath.Glob(filepath.Join(s.dir, "bodies", "*", "*"))
 	if len(paths) != files {
 		t.Errorf("%d body files for %d rows with a file body", len(paths), files)
+	}
+	s.segs.idle()
+	segs, _ := os.ReadDir(filepath.Join(s.dir, "segments"))
+	spare := spareName(s)
+	s.segs.mu.Lock()
+	cur := ""
+	if s.segs.cur != nil {
+		cur = fmt.Sprintf("%016x", s.segs.cur.n)
+	}
+	s.segs.mu.Unlock()
+	for _, e := range segs {
+		if !usedSegs[e.Name()] && e.Name() != cur && e.Name() != spare {
+			t.Errorf("segment %s is left with no row pointing into it", e.Name())
+		}
 	}
 }
 
@@ -179,7 +217,7 @@ func TestCrashBetweenBodyAndRow(t *testing.T) {
 	doms := map[string][]store.Recipient{"a.test": {{Addr: "u@a.test"}}}
 
 	// The row commit fails (injected with a trigger): nothing is kept.
-	err := s.w.do(ctx, "", func(tx *wtx) error {
+	err := s.w.do(ctx, nil, func(tx *wtx) error {
 		_, err := tx.Exec(`CREATE TEMP TRIGGER fail BEFORE INSERT ON messages WHEN NEW.id = 'refused'
 			BEGIN SELECT RAISE(ABORT, 'injected failure'); END`)
 		return err
@@ -462,12 +500,12 @@ func TestCompleteGroupInOrder(t *testing.T) {
 	assertBodies(t, s)
 }
 
-// inlined reports whether message id's body is in the bodies table, and
-// whether it has a body file.
-func inlined(t *testing.T, s *Store, id string) (inline, file bool) {
+// inSegment reports whether message id's body is in a segment, and whether
+// it has a body file.
+func inSegment(t *testing.T, s *Store, id string) (seg, file bool) {
 	t.Helper()
 	var one int
-	err := s.rdb.QueryRow(`SELECT 1 FROM bodies WHERE id = ?`, id).Scan(&one)
+	err := s.rdb.QueryRow(`SELECT 1 FROM segbodies WHERE id = ?`, id).Scan(&one)
 	if err != nil && !errors.Is(err, sql.ErrNoRows) {
 		t.Fatal(err)
 	}
@@ -480,13 +518,13 @@ func inlined(t *testing.T, s *Store, id string) (inline, file bool) {
 func assertNothing(t *testing.T, s *Store) {
 	t.Helper()
 	var msgs, bodies int
-	if err := s.rdb.QueryRow(`SELECT (SELECT COUNT(*) FROM messages), (SELECT COUNT(*) FROM bodies)`).Scan(&msgs, &bodies); err != nil {
+	if err := s.rdb.QueryRow(`SELECT (SELECT COUNT(*) FROM messages), (SELECT COUNT(*) FROM bodies) + (SELECT COUNT(*) FROM segbodies)`).Scan(&msgs, &bodies); err != nil {
 		t.Fatal(err)
 	}
 	files, _ := filepath.Glob(filepath.Join(s.dir, "bodies", "*", "*"))
 	tmps, _ := filepath.Glob(filepath.Join(s.dir, "tmp", "*"))
 	if msgs+bodies+len(files)+len(tmps) > 0 {
-		t.Fatalf("left behind: %d messages, %d inline bodies, %d body files, %d tmp files", msgs, bodies, len(files), len(tmps))
+		t.Fatalf("left behind: %d messages, %d body rows, %d body files, %d tmp files", msgs, bodies, len(files), len(tmps))
 	}
 }
 
@@ -535,18 +573,18 @@ func (r *failAfter) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// TestInlineThreshold covers both sides of the inline threshold: a body of
-// threshold-1 or threshold bytes is inline, threshold+1 is a file; each
+// TestSmallThreshold covers both sides of the small-body threshold: a body
+// of threshold-1 or threshold bytes is in a segment, threshold+1 is a file; each
 // reads back whole, survives a crash-like reopen, and leaves nothing once
 // removed by Complete or Delete. A reader failing mid-way, within and past
 // the threshold, leaves nothing.
-func TestInlineThreshold(t *testing.T) {
+func TestSmallThreshold(t *testing.T) {
 	ctx := context.Background()
-	for _, thr := range []int64{DefaultInlineMax, 1000} {
+	for _, thr := range []int64{DefaultSmallMax, 1000} {
 		t.Run(fmt.Sprint(thr), func(t *testing.T) {
 			var opts []Option
-			if thr != DefaultInlineMax {
-				opts = append(opts, WithInlineMax(thr))
+			if thr != DefaultSmallMax {
+				opts = append(opts, WithSmallMax(thr))
 			}
 			s := openOptsT(t, t.TempDir(), opts...)
 			bodies := map[string][]byte{}
@@ -564,9 +602,9 @@ func TestInlineThreshold(t *testing.T) {
 				if err != nil || n != size {
 					t.Fatalf("Enqueue(%d bytes) = %d, %v", size, n, err)
 				}
-				inline, file := inlined(t, s, id)
-				if inline != (size <= thr) || file == inline {
-					t.Fatalf("%d bytes: inline=%v file=%v, want inline iff <= %d", size, inline, file, thr)
+				seg, file := inSegment(t, s, id)
+				if seg != (size <= thr) || file == seg {
+					t.Fatalf("%d bytes: segment=%v file=%v, want a segment iff <= %d", size, seg, file, thr)
 				}
 				if got := readBody(t, s, id); !bytes.Equal(got, body) {
 					t.Fatalf("%d bytes: body differs", size)
@@ -598,7 +636,7 @@ func TestInlineThreshold(t *testing.T) {
 			}
 			assertBodies(t, c)
 
-			// Removal takes the inline rows and the files.
+			// Removal takes the segment rows and the files.
 			if err := s.Delete(ctx, fmt.Sprintf("m%d", thr)); err != nil {
 				t.Fatal(err)
 			}
@@ -623,15 +661,15 @@ func TestInlineThreshold(t *testing.T) {
 	}
 }
 
-// TestInlineNever checks that WithInlineMax(0) keeps every body, even an
+// TestSmallNever checks that WithSmallMax(0) keeps every body, even an
 // empty one, in a file.
-func TestInlineNever(t *testing.T) {
-	s := openOptsT(t, t.TempDir(), WithInlineMax(0))
+func TestSmallNever(t *testing.T) {
+	s := openOptsT(t, t.TempDir(), WithSmallMax(0))
 	enqueue(t, s, "empty", "")
 	enqueue(t, s, "small", "x")
 	for _, id := range []string{"empty", "small"} {
-		if inline, file := inlined(t, s, id); inline || !file {
-			t.Fatalf("%s: inline=%v file=%v, want a file", id, inline, file)
+		if seg, file := inSegment(t, s, id); seg || !file {
+			t.Fatalf("%s: segment=%v file=%v, want a file", id, seg, file)
 		}
 	}
 	assertBodies(t, s)
@@ -648,7 +686,7 @@ func TestGroupWithFailingOp(t *testing.T) {
 	s := openT(t, t.TempDir())
 	hold := make(chan struct{})
 	started := make(chan struct{})
-	go s.w.do(ctx, "", func(*wtx) error { // keeps the writer busy while the group forms
+	go s.w.do(ctx, nil, func(*wtx) error { // keeps the writer busy while the group forms
 		close(started)
 		<-hold
 		return nil
@@ -660,7 +698,7 @@ func TestGroupWithFailingOp(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range 5 {
 		wg.Go(func() {
-			errs[i] = s.w.do(ctx, "", func(tx *wtx) error {
+			errs[i] = s.w.do(ctx, nil, func(tx *wtx) error {
 				runs[i].Add(1)
 				if _, err := tx.insMessage.Exec(fmt.Sprintf("G%d", i), `{}`, 0); err != nil {
 					return err
@@ -696,10 +734,10 @@ func TestGroupWithFailingOp(t *testing.T) {
 	}
 }
 
-// TestBodies: one read returns the inline bodies asked for; a body kept as a
+// TestBodies: one read returns the small bodies asked for; a body kept as a
 // file, or an unknown id, is absent from the map (the caller uses Body).
 func TestBodies(t *testing.T) {
-	s := openOptsT(t, t.TempDir(), WithInlineMax(100))
+	s := openOptsT(t, t.TempDir(), WithSmallMax(100))
 	enqueue(t, s, "small1", "one")
 	enqueue(t, s, "small2", "two")
 	big := strings.Repeat("x", 500)

@@ -23,9 +23,9 @@ type FillItem struct {
 }
 
 // Fill stores many messages, all with the same body, at a rate Enqueue can't
-// reach: every row is inserted in one transaction, with the body inline if
-// it is within the threshold, as Enqueue would store it; otherwise body
-// files are written first without a per-file fsync, then one sync(2) makes
+// reach: every row is inserted in one transaction. Bodies (in segments if
+// within the small-body threshold, as Enqueue would store them; otherwise
+// files) are written first without a per-body sync, then one sync(2) makes
 // them all durable. The invariant holds (a row only once its body
 // is durable); what is lost is only the per-message acknowledgement. For
 // benchmarks: the server never calls it. Ids must be new.
@@ -36,9 +36,18 @@ func (s *Store) Fill(ctx context.Context, items []FillItem, body []byte) error {
 		next    int64
 		att     int
 		lastErr string
+		sg      *segment
+		off     int64
 	}
 	rows := make([]row, 0, len(items))
-	inline := int64(len(body)) <= s.inlineMax
+	settle := func(committed bool) {
+		for _, r := range rows {
+			if r.sg != nil {
+				s.segs.settle(r.sg, r.off, int64(len(body)), committed)
+			}
+		}
+	}
+	small := int64(len(body)) <= s.smallMax
 	if body == nil {
 		body = []byte{} // an empty blob, not NULL
 	}
@@ -64,23 +73,27 @@ func (s *Store) Fill(ctx context.Context, items []FillItem, body []byte) error {
 			}
 			r.rcpts[dom] = string(b)
 		}
-		if !inline {
-			if err := os.WriteFile(s.bodyPath(e.ID), body, 0o600); err != nil {
+		if small {
+			sg, off, err := s.segs.append(body)
+			if err != nil {
+				settle(false)
 				return err
 			}
+			r.sg, r.off = sg, off
+		} else if err := os.WriteFile(s.bodyPath(e.ID), body, 0o600); err != nil {
+			settle(false)
+			return err
 		}
 		rows = append(rows, r)
 	}
-	if !inline {
-		syscall.Sync() // sync(2): every body file written above is durable
-	}
-	return s.w.do(ctx, "", func(tx *wtx) error {
+	syscall.Sync() // sync(2): every body written above is durable
+	err := s.w.do(ctx, nil, func(tx *wtx) error {
 		for _, r := range rows {
 			if _, err := tx.insMessage.Exec(r.id, r.env, len(body)); err != nil {
 				return err
 			}
-			if inline {
-				if _, err := tx.insBody.Exec(r.id, body); err != nil {
+			if r.sg != nil {
+				if _, err := tx.insSegBody.Exec(r.id, int64(r.sg.n), r.off, len(body)); err != nil {
 					return err
 				}
 			}
@@ -92,4 +105,6 @@ func (s *Store) Fill(ctx context.Context, items []FillItem, body []byte) error {
 		}
 		return nil
 	})
+	settle(err == nil)
+	return err
 }

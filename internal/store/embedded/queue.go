@@ -27,9 +27,9 @@ const (
 	maxLimit     = 1000
 )
 
-// Enqueue implements store.Store. A body of at most the inline threshold is
-// committed with its rows in one transaction (its group's WAL fsync is its
-// only fsync); a longer one is streamed to a body file, as the buffer of its
+// Enqueue implements store.Store. A body of at most the small-body
+// threshold is appended to a segment and committed with its rows in one
+// group (one segment fdatasync and one WAL fsync per group); a longer one is streamed to a body file, as the buffer of its
 // first bytes and then the rest. Either way Enqueue holds at most
 // threshold+1 bytes of the body in memory.
 func (s *Store) Enqueue(ctx context.Context, env *store.Envelope, body io.Reader) (int64, error) {
@@ -62,13 +62,13 @@ func (s *Store) Enqueue(ctx context.Context, env *store.Envelope, body io.Reader
 
 	// head is what was read of the body before deciding where it goes.
 	var head []byte
-	if s.inlineMax > 0 {
+	if s.smallMax > 0 {
 		bp := s.bufs.Get().(*[]byte)
 		defer s.bufs.Put(bp)
-		n, err := io.ReadFull(body, *bp) // len(*bp) == inlineMax+1
+		n, err := io.ReadFull(body, *bp) // len(*bp) == smallMax+1
 		switch {
 		case err == io.EOF || err == io.ErrUnexpectedEOF:
-			return s.enqueueInline(ctx, env, string(envJSON), rcpts, (*bp)[:n])
+			return s.enqueueSmall(ctx, env, string(envJSON), rcpts, (*bp)[:n])
 		case err != nil:
 			return 0, err
 		}
@@ -96,7 +96,7 @@ func (s *Store) Enqueue(ctx context.Context, env *store.Envelope, body io.Reader
 		return 0, err
 	}
 
-	err = s.w.do(ctx, filepath.Dir(final), func(tx *wtx) error {
+	err = s.w.do(ctx, dirSync(filepath.Dir(final)), func(tx *wtx) error {
 		return insertMessage(tx, env, string(envJSON), n, rcpts)
 	})
 	if err != nil {
@@ -107,17 +107,23 @@ func (s *Store) Enqueue(ctx context.Context, env *store.Envelope, body io.Reader
 	return n, nil
 }
 
-// enqueueInline commits a message whose whole body is data: envelope,
-// deliveries and body in one op of the writer's group transaction.
-func (s *Store) enqueueInline(ctx context.Context, env *store.Envelope, envJSON string, rcpts map[string]string, data []byte) (int64, error) {
+// enqueueSmall appends a body of at most the threshold to the current
+// segment, then commits envelope, deliveries and the body's segbodies row in
+// one op of the writer's group (which fdatasyncs the segment first).
+func (s *Store) enqueueSmall(ctx context.Context, env *store.Envelope, envJSON string, rcpts map[string]string, data []byte) (int64, error) {
+	sg, off, err := s.segs.append(data)
+	if err != nil {
+		return 0, err
+	}
 	n := int64(len(data))
-	err := s.w.do(ctx, "", func(tx *wtx) error {
+	err = s.w.do(ctx, sg, func(tx *wtx) error {
 		if err := insertMessage(tx, env, envJSON, n, rcpts); err != nil {
 			return err
 		}
-		_, err := tx.insBody.Exec(env.ID, data)
+		_, err := tx.insSegBody.Exec(env.ID, int64(sg.n), off, n)
 		return err
 	})
+	s.segs.settle(sg, off, n, err == nil)
 	if err != nil {
 		return 0, err
 	}
@@ -157,7 +163,7 @@ func (s *Store) Claim(ctx context.Context, owner string, now time.Time, ttl time
 		lease *store.Lease
 		rows  []sqlrow.Delivery
 	)
-	err := s.w.do(ctx, "", func(tx *wtx) error {
+	err := s.w.do(ctx, nil, func(tx *wtx) error {
 		domain, found, err := claimDomain(tx, n)
 		if err != nil || !found {
 			return err
@@ -262,7 +268,7 @@ func (s *Store) checkLease(ctx context.Context, l *store.Lease) error {
 
 // Renew implements store.Store. It does not modify *l.
 func (s *Store) Renew(ctx context.Context, l *store.Lease, now time.Time, ttl time.Duration) error {
-	return s.w.do(ctx, "", func(tx *wtx) error {
+	return s.w.do(ctx, nil, func(tx *wtx) error {
 		res, err := tx.renew.Exec(sqlrow.Nanos(now.Add(ttl)), l.Domain, l.Owner, l.Token, sqlrow.Nanos(now))
 		if err != nil {
 			return err
@@ -277,17 +283,18 @@ func (s *Store) Renew(ctx context.Context, l *store.Lease, now time.Time, ttl ti
 // ReleaseLease implements store.Store. The token stays so that the next
 // lease on the domain gets a larger one.
 func (s *Store) ReleaseLease(ctx context.Context, l *store.Lease) error {
-	return s.w.do(ctx, "", func(tx *wtx) error {
+	return s.w.do(ctx, nil, func(tx *wtx) error {
 		_, err := tx.release.Exec(l.Domain, l.Owner, l.Token)
 		return err
 	})
 }
 
-// Complete implements store.Store. The inline bodies of messages it removes
-// go in the same transaction; body files are deleted after the commit.
+// Complete implements store.Store. The body rows of messages it removes go
+// in the same transaction; their segment space and body files are freed
+// after the commit.
 func (s *Store) Complete(ctx context.Context, l *store.Lease, results []store.Result) error {
-	var gone []string
-	err := s.w.do(ctx, "", func(tx *wtx) error {
+	var gone removed
+	err := s.w.do(ctx, nil, func(tx *wtx) error {
 		var one int
 		err := tx.leaseHeld.QueryRow(l.Domain, l.Owner, l.Token).Scan(&one)
 		if errors.Is(err, sql.ErrNoRows) {
@@ -302,21 +309,37 @@ func (s *Store) Complete(ctx context.Context, l *store.Lease, results []store.Re
 	if err != nil {
 		return err
 	}
-	for _, id := range gone {
-		_ = os.Remove(s.bodyPath(id)) // if this fails, the sweep will
-	}
+	s.freeBodies(gone)
 	return nil
 }
 
+// removed is what a commit removed whose space is given back after it.
+type removed struct {
+	files []string // ids whose body is a file
+	segs  []segRef // bodies in segments
+}
+
+// freeBodies gives back the space of bodies whose removal is committed.
+func (s *Store) freeBodies(r removed) {
+	for _, id := range r.files {
+		_ = os.Remove(s.bodyPath(id)) // if this fails, the sweep will
+	}
+	if len(r.segs) > 0 {
+		s.segs.free(r.segs)
+	}
+}
+
 // completeAll applies results, in order, to the deliveries (r.ID, domain),
-// removes the messages left without deliveries with their inline bodies,
-// and returns the ids of those gone messages whose body is a file. A delivery that no
+// removes the messages left without deliveries with their body rows, and
+// returns where the bodies of those gone messages were (segments, files;
+// bodies in the legacy bodies table need nothing more). A delivery that no
 // longer exists (deleted by an operator) is skipped. The whole group costs
-// one read, one delete of deliveries, one of messages and one of bodies,
+// one read, one delete of deliveries, one of messages and two of bodies,
 // plus an update per delivery that keeps recipients.
-func completeAll(tx *wtx, domain string, results []store.Result) ([]string, error) {
+func completeAll(tx *wtx, domain string, results []store.Result) (removed, error) {
+	var none removed
 	if len(results) == 0 {
-		return nil, nil
+		return none, nil
 	}
 	ids := make([]string, len(results))
 	for i, r := range results {
@@ -324,28 +347,28 @@ func completeAll(tx *wtx, domain string, results []store.Result) ([]string, erro
 	}
 	idsJSON, err := json.Marshal(ids)
 	if err != nil {
-		return nil, err
+		return none, err
 	}
 	rows, err := tx.completeRows.Query(domain, string(idsJSON))
 	if err != nil {
-		return nil, err
+		return none, err
 	}
 	left := make(map[string][]store.Recipient, len(results))
 	for rows.Next() {
 		var id, rj string
 		if err := rows.Scan(&id, &rj); err != nil {
 			rows.Close()
-			return nil, err
+			return none, err
 		}
 		var rcpts []store.Recipient
 		if err := json.Unmarshal([]byte(rj), &rcpts); err != nil {
 			rows.Close()
-			return nil, fmt.Errorf("embedded: delivery %s/%s: %w", id, domain, err)
+			return none, fmt.Errorf("embedded: delivery %s/%s: %w", id, domain, err)
 		}
 		left[id] = rcpts
 	}
 	if err := rows.Close(); err != nil {
-		return nil, err
+		return none, err
 	}
 
 	// What each result leaves; a later result for the same id applies on
@@ -392,49 +415,75 @@ func completeAll(tx *wtx, domain string, results []store.Result) ([]string, erro
 		}
 		b, err := json.Marshal(rcpts)
 		if err != nil {
-			return nil, err
+			return none, err
 		}
 		o := outcomes[id]
 		if _, err := tx.updDelivery.Exec(string(b), o.next, o.lastErr, o.attempts, id, domain); err != nil {
-			return nil, err
+			return none, err
 		}
 	}
 	if len(done) == 0 {
-		return nil, nil
+		return none, nil
 	}
 	doneJSON, err := json.Marshal(done)
 	if err != nil {
-		return nil, err
+		return none, err
 	}
 	if _, err := tx.delDeliveries.Exec(domain, string(doneJSON)); err != nil {
-		return nil, err
+		return none, err
 	}
 	gone, err := scanIDs(tx.delMessages.Query(string(doneJSON)))
 	if err != nil || len(gone) == 0 {
-		return nil, err
+		return none, err
 	}
 	goneJSON, err := json.Marshal(gone)
 	if err != nil {
-		return nil, err
+		return none, err
 	}
-	inline, err := scanIDs(tx.delBodies.Query(string(goneJSON)))
+	legacy, err := scanIDs(tx.delBodies.Query(string(goneJSON)))
+	if err != nil {
+		return none, err
+	}
+	segs, err := scanSegRefs(tx.delSegBodies.Query(string(goneJSON)))
+	if err != nil {
+		return none, err
+	}
+	out := removed{segs: segs}
+	if len(legacy)+len(segs) == len(gone) {
+		return out, nil
+	}
+	known := make(map[string]bool, len(legacy)+len(segs))
+	for _, id := range legacy {
+		known[id] = true
+	}
+	for _, r := range segs {
+		known[r.id] = true
+	}
+	for _, id := range gone {
+		if !known[id] {
+			out.files = append(out.files, id)
+		}
+	}
+	return out, nil
+}
+
+// scanSegRefs reads rows of (id, seg, off, len).
+func scanSegRefs(rows *sql.Rows, err error) ([]segRef, error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(inline) == len(gone) {
-		return nil, nil
-	}
-	isInline := make(map[string]bool, len(inline))
-	for _, id := range inline {
-		isInline[id] = true
-	}
-	files := gone[:0]
-	for _, id := range gone {
-		if !isInline[id] {
-			files = append(files, id)
+	defer rows.Close()
+	var refs []segRef
+	for rows.Next() {
+		var r segRef
+		var seg int64
+		if err := rows.Scan(&r.id, &seg, &r.off, &r.len); err != nil {
+			return nil, err
 		}
+		r.seg = uint64(seg)
+		refs = append(refs, r)
 	}
-	return files, nil
+	return refs, rows.Err()
 }
 
 // scanIDs reads rows of one text column (ids, domains).
@@ -477,9 +526,9 @@ func (s *Store) Waiting(ctx context.Context, now time.Time) ([]string, error) {
 			SELECT 1 FROM deliveries x WHERE x.domain = doms.d AND x.held = 0 AND x.next_attempt > ?)`, sqlrow.Nanos(now)))
 }
 
-// Body implements store.Store. An inline body is read from the bodies
-// table (it is at most the threshold that was in force when it was
-// stored); otherwise Body opens the file without asking the index: the
+// Body implements store.Store. A small body is read from its segment (or,
+// in a store written by an older version, from the legacy bodies table);
+// otherwise Body opens the file without asking the index: the
 // files are a superset of the file-bodied rows (such a row is committed only
 // once its file is durable, and removed before its file), and the only files
 // without a row are (1) those of an Enqueue not yet committed, whose id
@@ -493,13 +542,25 @@ func (s *Store) Body(ctx context.Context, id string) (io.ReadCloser, error) {
 	if checkID(id) != nil {
 		return nil, store.ErrNotFound
 	}
-	var data []byte
-	err := s.rst.getBody.QueryRowContext(ctx, id).Scan(&data)
+	r := segRef{id: id}
+	var seg int64
+	err := s.rst.getSegBody.QueryRowContext(ctx, id).Scan(&seg, &r.off, &r.len)
 	if err == nil {
-		return io.NopCloser(bytes.NewReader(data)), nil
+		r.seg = uint64(seg)
+		return s.segs.reader(r)
 	}
 	if !errors.Is(err, sql.ErrNoRows) {
 		return nil, err
+	}
+	if s.legacyBodies {
+		var data []byte
+		err := s.rst.getBody.QueryRowContext(ctx, id).Scan(&data)
+		if err == nil {
+			return io.NopCloser(bytes.NewReader(data)), nil
+		}
+		if !errors.Is(err, sql.ErrNoRows) {
+			return nil, err
+		}
 	}
 	f, err := os.Open(s.bodyPath(id))
 	if errors.Is(err, os.ErrNotExist) {
@@ -508,9 +569,9 @@ func (s *Store) Body(ctx context.Context, id string) (io.ReadCloser, error) {
 	return f, err
 }
 
-// Bodies implements store.BodiesReader: the inline bodies among ids, read
-// in one statement (one read transaction instead of one per body). Bodies
-// kept as files are not in the map.
+// Bodies implements store.BodiesReader: the small bodies among ids, located
+// in one statement and read with one pread each (one read transaction
+// instead of one per body). Bodies kept as files are not in the map.
 func (s *Store) Bodies(ctx context.Context, ids []string) (map[string][]byte, error) {
 	if len(ids) == 0 {
 		return nil, nil
@@ -519,12 +580,22 @@ func (s *Store) Bodies(ctx context.Context, ids []string) (map[string][]byte, er
 	if err != nil {
 		return nil, err
 	}
+	refs, err := scanSegRefs(s.rst.getSegBodies.QueryContext(ctx, string(idsJSON)))
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string][]byte, len(ids))
+	if err := s.segs.readAll(refs, out); err != nil {
+		return nil, err
+	}
+	if !s.legacyBodies || len(out) == len(ids) {
+		return out, nil
+	}
 	rows, err := s.rst.getBodies.QueryContext(ctx, string(idsJSON))
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	out := make(map[string][]byte, len(ids))
 	for rows.Next() {
 		var id string
 		var data []byte
@@ -591,7 +662,7 @@ func (s *Store) Unhold(ctx context.Context, f store.Filter, now time.Time) (int,
 
 func (s *Store) update(ctx context.Context, q string, args []any) (int, error) {
 	var n int64
-	err := s.w.do(ctx, "", func(tx *wtx) error {
+	err := s.w.do(ctx, nil, func(tx *wtx) error {
 		res, err := tx.Exec(q, args...)
 		if err != nil {
 			return err
@@ -602,14 +673,16 @@ func (s *Store) update(ctx context.Context, q string, args []any) (int, error) {
 	return int(n), err
 }
 
-// Delete implements store.Store. An inline body goes in the same
-// transaction as the message; a body file is removed after the commit.
+// Delete implements store.Store. The body's row goes in the same
+// transaction as the message; its segment space or file is freed after the
+// commit.
 func (s *Store) Delete(ctx context.Context, id string) error {
 	if checkID(id) != nil {
 		return store.ErrNotFound
 	}
-	inline := false
-	err := s.w.do(ctx, "", func(tx *wtx) error {
+	var gone removed
+	err := s.w.do(ctx, nil, func(tx *wtx) error {
+		gone = removed{}
 		if _, err := tx.delMessageDeliveries.Exec(id); err != nil {
 			return err
 		}
@@ -624,14 +697,22 @@ func (s *Store) Delete(ctx context.Context, id string) error {
 		if err != nil {
 			return err
 		}
-		n, _ := res.RowsAffected()
-		inline = n > 0
+		if n, _ := res.RowsAffected(); n > 0 {
+			return nil // a legacy inline body
+		}
+		gone.segs, err = scanSegRefs(tx.delSegBody.Query(id))
+		if err != nil {
+			return err
+		}
+		if len(gone.segs) == 0 {
+			gone.files = []string{id}
+		}
 		return nil
 	})
-	if err != nil || inline {
+	if err != nil {
 		return err
 	}
-	_ = os.Remove(s.bodyPath(id)) // if this fails, the sweep will
+	s.freeBodies(gone)
 	return nil
 }
 

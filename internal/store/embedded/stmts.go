@@ -19,7 +19,7 @@ const selectDeliveries = `SELECT d.id, d.domain, d.recipients, d.attempts, d.nex
 // Statements of the writer (?1… as in each SQL text).
 const (
 	insMessageSQL  = `INSERT INTO messages (id, envelope, size) VALUES (?, ?, ?)`
-	insBodySQL     = `INSERT INTO bodies (id, data) VALUES (?, ?)`
+	insSegBodySQL  = `INSERT INTO segbodies (id, seg, off, len) VALUES (?, ?, ?, ?)`
 	insDeliverySQL = `INSERT INTO deliveries (id, domain, recipients, next_attempt, attempts, last_error) VALUES (?, ?, ?, ?, ?, ?)`
 	claimLeaseSQL  = `
 			INSERT INTO leases (domain, owner, token, expires) VALUES (?, ?, 1, ?)
@@ -49,24 +49,28 @@ const (
 			SELECT j.value FROM json_each(?1) AS j WHERE NOT EXISTS (SELECT 1 FROM deliveries x WHERE x.id = j.value))
 			RETURNING id`
 
-	// delBodiesSQL: ids (of messages just removed). It returns the ids
-	// whose body was inline; the others have a file.
-	delBodiesSQL = `DELETE FROM bodies WHERE id IN (SELECT j.value FROM json_each(?1) AS j) RETURNING id`
+	// delBodiesSQL and delSegBodiesSQL: ids (of messages just removed).
+	// They return the bodies that were in the legacy bodies table and in
+	// segments; the others have a file.
+	delBodiesSQL    = `DELETE FROM bodies WHERE id IN (SELECT j.value FROM json_each(?1) AS j) RETURNING id`
+	delSegBodiesSQL = `DELETE FROM segbodies WHERE id IN (SELECT j.value FROM json_each(?1) AS j) RETURNING id, seg, off, len`
 
 	delMessageDeliveriesSQL = `DELETE FROM deliveries WHERE id = ?`
 	delMessageSQL           = `DELETE FROM messages WHERE id = ?`
 	delBodySQL              = `DELETE FROM bodies WHERE id = ?`
+	delSegBodySQL           = `DELETE FROM segbodies WHERE id = ? RETURNING id, seg, off, len`
 )
 
 // wstmts are the writer's prepared statements, valid on its connection only.
 type wstmts struct {
 	begin, commit, rollback, savepoint, releaseOp, rollbackTo *sql.Stmt
 
-	insMessage, insBody, insDelivery                      *sql.Stmt
+	insMessage, insSegBody, insDelivery                   *sql.Stmt
 	claimFront, claimWalk, claimLease, claimDeliveries    *sql.Stmt
 	leaseHeld, renew, release                             *sql.Stmt
 	completeRows, updDelivery, delDeliveries, delMessages *sql.Stmt
 	delBodies, delMessageDeliveries, delMessage, delBody  *sql.Stmt
+	delSegBodies, delSegBody                              *sql.Stmt
 	all                                                   []*sql.Stmt
 }
 
@@ -83,7 +87,7 @@ func prepareWriter(ctx context.Context, conn *sql.Conn) (*wstmts, error) {
 		{&st.releaseOp, `RELEASE op`},
 		{&st.rollbackTo, `ROLLBACK TO op`},
 		{&st.insMessage, insMessageSQL},
-		{&st.insBody, insBodySQL},
+		{&st.insSegBody, insSegBodySQL},
 		{&st.insDelivery, insDeliverySQL},
 		{&st.claimFront, claimFrontSQL},
 		{&st.claimWalk, claimWalkSQL},
@@ -100,6 +104,8 @@ func prepareWriter(ctx context.Context, conn *sql.Conn) (*wstmts, error) {
 		{&st.delMessageDeliveries, delMessageDeliveriesSQL},
 		{&st.delMessage, delMessageSQL},
 		{&st.delBody, delBodySQL},
+		{&st.delSegBodies, delSegBodiesSQL},
+		{&st.delSegBody, delSegBodySQL},
 	} {
 		s, err := conn.PrepareContext(ctx, p.sql)
 		if err != nil {
@@ -128,12 +134,19 @@ const (
 	hasMessageSQL = `SELECT 1 FROM messages WHERE id = ?`
 	getBodySQL    = `SELECT data FROM bodies WHERE id = ?`
 	// getBodiesSQL: ids (JSON).
-	getBodiesSQL = `SELECT b.id, b.data FROM json_each(?) AS j CROSS JOIN bodies AS b WHERE b.id = j.value`
+	getBodiesSQL  = `SELECT b.id, b.data FROM json_each(?) AS j CROSS JOIN bodies AS b WHERE b.id = j.value`
+	getSegBodySQL = `SELECT seg, off, len FROM segbodies WHERE id = ?`
+	// getSegBodiesSQL: ids (JSON).
+	getSegBodiesSQL = `SELECT b.id, b.seg, b.off, b.len FROM json_each(?) AS j CROSS JOIN segbodies AS b WHERE b.id = j.value`
+	segLastSQL      = `SELECT off, len FROM segbodies WHERE seg = ? ORDER BY off DESC LIMIT 1`
+	segLiveSQL      = `SELECT off, len FROM segbodies WHERE seg = ? ORDER BY off`
+	hasBodiesSQL    = `SELECT EXISTS (SELECT 1 FROM bodies)`
 )
 
 // rstmts are the readers' prepared statements, on the read pool.
 type rstmts struct {
 	leaseHeld, more, nextDue, hasMessage, getBody, getBodies *sql.Stmt
+	getSegBody, getSegBodies, segLast, segLive, hasBodies    *sql.Stmt
 }
 
 func prepareReaders(db *sql.DB) (*rstmts, error) {
@@ -149,6 +162,11 @@ func prepareReaders(db *sql.DB) (*rstmts, error) {
 		{&st.hasMessage, hasMessageSQL},
 		{&st.getBody, getBodySQL},
 		{&st.getBodies, getBodiesSQL},
+		{&st.getSegBody, getSegBodySQL},
+		{&st.getSegBodies, getSegBodiesSQL},
+		{&st.segLast, segLastSQL},
+		{&st.segLive, segLiveSQL},
+		{&st.hasBodies, hasBodiesSQL},
 	} {
 		s, err := db.Prepare(p.sql)
 		if err != nil {
@@ -165,7 +183,7 @@ func prepareReaders(db *sql.DB) (*rstmts, error) {
 }
 
 func (st *rstmts) close() {
-	for _, s := range []*sql.Stmt{st.leaseHeld, st.more, st.nextDue, st.hasMessage, st.getBody, st.getBodies} {
+	for _, s := range []*sql.Stmt{st.leaseHeld, st.more, st.nextDue, st.hasMessage, st.getBody, st.getBodies, st.getSegBody, st.getSegBodies, st.segLast, st.segLive, st.hasBodies} {
 		if s != nil {
 			_ = s.Close()
 		}

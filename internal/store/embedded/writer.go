@@ -10,8 +10,8 @@ import (
 )
 
 // writer is the single goroutine that writes to SQLite. Callers hand it ops;
-// it takes everything pending (up to maxBatch), fsyncs the body directories
-// those ops need, runs the ops in one transaction, commits once, and answers
+// it takes everything pending (up to maxBatch), syncs what those ops need
+// durable first (body directories, segments), runs the ops in one transaction, commits once, and answers
 // each caller with its own error.
 //
 // An op's error must undo only that op's writes. Savepoints give that, at a
@@ -36,10 +36,20 @@ type writer struct {
 }
 
 type op struct {
-	dir  string           // directory to fsync before the commit, or ""
+	sync syncer           // to make durable before the commit, or nil
 	fn   func(*wtx) error // runs inside the group's transaction
 	done chan error
 }
+
+// A syncer is something an op needs durable before its rows are committed:
+// a directory a body file was linked into, or a segment a body was
+// appended to. Ops of one group with the same syncer share one sync.
+type syncer interface{ Sync() error }
+
+// dirSync is a directory to fsync.
+type dirSync string
+
+func (d dirSync) Sync() error { return safefile.SyncDir(string(d)) }
 
 // wtx is the writer's open transaction as an op sees it: ad-hoc SQL and the
 // prepared statements, all on the writer's connection.
@@ -82,11 +92,11 @@ func newWriter(db *sql.DB, maxBatch int) (*writer, error) {
 // do runs fn in the next group commit and returns once that commit is
 // durable (or failed). fn's own error rolls back only fn's writes. Once
 // handed over, an op is waited for even if ctx ends: its outcome is real.
-func (w *writer) do(ctx context.Context, dir string, fn func(*wtx) error) error {
+func (w *writer) do(ctx context.Context, sync syncer, fn func(*wtx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	o := &op{dir: dir, fn: fn, done: make(chan error, 1)}
+	o := &op{sync: sync, fn: fn, done: make(chan error, 1)}
 	w.mu.RLock()
 	if w.closed {
 		w.mu.RUnlock()
@@ -160,24 +170,30 @@ func (w *writer) commit(batch []*op) {
 		}
 	}()
 
-	// Body files were linked into these directories by the callers; their
-	// names must be durable before the rows that point at them. The
-	// directories are synced at once, not one after the other: concurrent
-	// fsyncs share the file system's journal commits.
-	synced := make(map[string]*error)
+	// Body files were linked into directories, and bodies appended to
+	// segments, by the callers; they must be durable before the rows that
+	// point at them. They are synced at once, not one after the other:
+	// concurrent fsyncs share the file system's journal commits.
+	synced := make(map[syncer]*error)
 	for _, o := range batch {
-		if o.dir != "" && synced[o.dir] == nil {
-			synced[o.dir] = new(error)
+		if o.sync != nil && synced[o.sync] == nil {
+			synced[o.sync] = new(error)
 		}
 	}
-	var wg sync.WaitGroup
-	for dir, errp := range synced {
-		wg.Go(func() { *errp = safefile.SyncDir(dir) })
+	if len(synced) == 1 {
+		for sn, errp := range synced {
+			*errp = sn.Sync()
+		}
+	} else {
+		var wg sync.WaitGroup
+		for sn, errp := range synced {
+			wg.Go(func() { *errp = sn.Sync() })
+		}
+		wg.Wait()
 	}
-	wg.Wait()
 	for i, o := range batch {
-		if o.dir != "" {
-			errs[i] = *synced[o.dir]
+		if o.sync != nil {
+			errs[i] = *synced[o.sync]
 		}
 	}
 
