@@ -18,3 +18,6 @@ func fdatasync(fd int) error {
 		}
 	}
 }
+
+// preallocate allocates the blocks of [0, size) without writing them.
+func preallocate(fd int, size int64) error { return syscall.Fallocate(fd, 0, 0, size) }

@@ -9,3 +9,6 @@ import "syscall"
 func punchHole(fd int, off, n int64) error { return nil }
 
 func fdatasync(fd int) error { return syscall.Fsync(fd) }
+
+// preallocate is not available here: segments grow as they are written.
+func preallocate(fd int, size int64) error { return nil }

@@ -16,17 +16,18 @@ import (
 )
 
 // Small bodies live in segment files: segments/<16 hex digits>, numbered
-// upwards, each appended to until it passes the segment size and never
-// appended to again (nor after a restart: Open starts a new one). A body is
+// upwards, each appended to until it passes its size and never appended to
+// again (nor after a restart: Open starts a new one). A segment's blocks
+// are allocated when it is created, ahead of need (the spare). A body is
 // written at a block-aligned offset by the goroutine that received it,
 // concurrently with the others; the writer fdatasyncs each segment its group
 // appended to before the COMMIT that adds the segbodies rows pointing there,
-// so a row never points at bytes that are not durable. A removed body's
-// blocks are given back to the file system at once (a hole is punched over
-// them, after the commit that removed its row); a segment is unlinked once
-// it is closed for appends and no row points into it. The SQLite WAL carries
-// only the small rows, not the bodies (each 10 KB body cost three WAL frames
-// written at commit and copied again at checkpoint).
+// so a row never points at bytes that are not durable. A segment is
+// unlinked once it takes no appends and no row points into it; one that
+// keeps some bodies long has the space between them punched out, in bulk
+// (reclaim). The SQLite WAL carries only the small rows, not the bodies
+// (each 10 KB body cost three WAL frames written at commit and copied again
+// at checkpoint).
 
 const (
 	segAlign      = 4096     // file-system block: a freed body's blocks go back whole
@@ -180,10 +181,8 @@ func (s *segments) rotateLocked() (*segment, error) {
 		if s.cur != nil {
 			size = min(2*s.cur.cap, s.max)
 		}
-		// Filling is what makes later syncs cheap, but a large segment is
-		// not filled here, with appends waiting.
 		var err error
-		if sg, err = s.create(s.next, size, size <= firstSegSize); err != nil {
+		if sg, err = s.create(s.next, size); err != nil {
 			return nil, err
 		}
 		s.next++
@@ -205,10 +204,11 @@ func (s *segments) rotateLocked() (*segment, error) {
 	return nil, nil
 }
 
-// prepare creates segment n, filled, as the spare.
+// prepare creates segment n as the spare: its creation (a directory fsync)
+// is off the appends' path.
 func (s *segments) prepare(n uint64, size int64, done chan struct{}) {
 	defer close(done)
-	sg, err := s.create(n, size, true)
+	sg, err := s.create(n, size)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.preparing = nil
@@ -222,13 +222,11 @@ func (s *segments) prepare(n uint64, size int64, done chan struct{}) {
 	}
 }
 
-// create makes segment n with its name durable. A filled segment has its
-// whole size written (zeros) and synced first: appends then overwrite
-// blocks that are already allocated and written, so syncing them needs no
-// allocation and no journal commit (as SQLite's WAL, rewritten in place);
-// appends to a new, empty file made each group's fdatasync several times
-// dearer.
-func (s *segments) create(n uint64, size int64, filled bool) (*segment, error) {
+// create makes segment n, its blocks allocated (fallocate) and its name
+// durable. Appends to allocated blocks cost each group's fdatasync less
+// than appends that grow the file; filling segments with zeros instead
+// cost more (the zeros are written, and synced, before the bodies are).
+func (s *segments) create(n uint64, size int64) (*segment, error) {
 	f, err := os.OpenFile(s.path(n), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return nil, err
@@ -238,17 +236,7 @@ func (s *segments) create(n uint64, size int64, filled bool) (*segment, error) {
 		os.Remove(s.path(n))
 		return nil, err
 	}
-	if filled {
-		zeros := make([]byte, min(size, 1<<20))
-		for off := int64(0); off < size; off += int64(len(zeros)) {
-			if _, err := f.WriteAt(zeros[:min(int64(len(zeros)), size-off)], off); err != nil {
-				return fail(err)
-			}
-		}
-		if err := fdatasync(int(f.Fd())); err != nil {
-			return fail(err)
-		}
-	}
+	_ = preallocate(int(f.Fd()), size) // best effort: without it the file grows
 	if err := safefile.SyncDir(s.dir); err != nil {
 		return fail(err)
 	}
