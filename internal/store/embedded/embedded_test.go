@@ -753,3 +753,57 @@ func TestBodies(t *testing.T) {
 		t.Fatalf("Body(big) = %d bytes", len(b))
 	}
 }
+
+type failingSync struct{ err error }
+
+func (f failingSync) Sync() error { return f.err }
+
+// TestGroupWithFailingSync: the syncs of a group run while its statements
+// do; an op whose sync fails gets that error and none of its writes are
+// committed, the others' are.
+func TestGroupWithFailingSync(t *testing.T) {
+	ctx := context.Background()
+	s := openT(t, t.TempDir())
+	hold := make(chan struct{})
+	started := make(chan struct{})
+	go s.w.do(ctx, nil, func(*wtx) error { // keeps the writer busy while the group forms
+		close(started)
+		<-hold
+		return nil
+	})
+	<-started
+	errDisk := errors.New("EIO")
+	errs := make([]error, 4)
+	var wg sync.WaitGroup
+	for i := range 4 {
+		var sn syncer
+		if i == 1 {
+			sn = failingSync{errDisk}
+		} else if i == 2 {
+			sn = dirSync(s.dir)
+		}
+		wg.Go(func() {
+			errs[i] = s.w.do(ctx, sn, func(tx *wtx) error {
+				_, err := tx.insMessage.Exec(fmt.Sprintf("S%d", i), `{}`, 0)
+				return err
+			})
+		})
+	}
+	for s.w.pending() < 4 {
+		time.Sleep(time.Millisecond)
+	}
+	close(hold)
+	wg.Wait()
+	for i := range 4 {
+		var n int
+		if err := s.rdb.QueryRow(`SELECT count(*) FROM messages WHERE id = ?`, fmt.Sprintf("S%d", i)).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case i == 1 && (!errors.Is(errs[i], errDisk) || n != 0):
+			t.Errorf("op with a failed sync: err %v, rows %d; want EIO and 0", errs[i], n)
+		case i != 1 && (errs[i] != nil || n != 1):
+			t.Errorf("op %d: err %v, rows %d; want nil and 1", i, errs[i], n)
+		}
+	}
+}

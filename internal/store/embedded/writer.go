@@ -172,29 +172,31 @@ func (w *writer) commit(batch []*op) {
 
 	// Body files were linked into directories, and bodies appended to
 	// segments, by the callers; they must be durable before the rows that
-	// point at them. They are synced at once, not one after the other:
-	// concurrent fsyncs share the file system's journal commits.
+	// point at them are committed. They are synced at once, not one after
+	// the other (concurrent fsyncs share the file system's journal
+	// commits), and while the group's statements run: only the COMMIT has
+	// to wait for them.
 	synced := make(map[syncer]*error)
 	for _, o := range batch {
 		if o.sync != nil && synced[o.sync] == nil {
 			synced[o.sync] = new(error)
 		}
 	}
-	if len(synced) == 1 {
-		for sn, errp := range synced {
-			*errp = sn.Sync()
-		}
-	} else {
-		var wg sync.WaitGroup
-		for sn, errp := range synced {
-			wg.Go(func() { *errp = sn.Sync() })
-		}
-		wg.Wait()
+	var syncs sync.WaitGroup
+	for sn, errp := range synced {
+		syncs.Go(func() { *errp = sn.Sync() })
 	}
-	for i, o := range batch {
-		if o.sync != nil {
-			errs[i] = *synced[o.sync]
+	// syncFailed waits for the syncs and fails the ops whose sync failed.
+	syncFailed := func() bool {
+		syncs.Wait()
+		failed := false
+		for i, o := range batch {
+			if o.sync != nil && *synced[o.sync] != nil && errs[i] == nil {
+				errs[i] = *synced[o.sync]
+				failed = true
+			}
 		}
+		return failed
 	}
 
 	ctx := context.Background()
@@ -207,16 +209,18 @@ func (w *writer) commit(batch []*op) {
 		}
 	}
 	if _, err := st.begin.ExecContext(ctx); err != nil {
+		syncs.Wait()
 		failAll(err)
 		return
 	}
 	tx := &wtx{ctx: ctx, conn: w.conn, wstmts: st}
-	if w.runPlain(tx, batch, errs) {
+	settled := w.runPlain(tx, batch, errs)
+	if !syncFailed() && settled {
 		w.finish(errs, failAll)
 		return
 	}
-	// Some op failed: its writes are mixed with the others'. Start again,
-	// each op in its own savepoint.
+	// Some op failed, or the sync some needed: their writes are mixed with
+	// the others'. Start again, each op in its own savepoint.
 	if _, err := st.rollback.ExecContext(ctx); err != nil {
 		failAll(err)
 		return
