@@ -105,6 +105,52 @@ type conn struct {
 
 	closeOnce sync.Once
 	rmu       sync.Mutex // held by Read; Close gives base back only under it
+
+	dmu      sync.Mutex
+	rdl, wdl time.Time // the socket's read and write deadlines; under dmu
+}
+
+// deadlineSlack: a deadline is not moved later by less than this, nor by
+// less than a sixteenth of the time it gives (the timeouts are minutes; a
+// timeout is never cut by more than that). Each move updates a poller timer, and there was one
+// per reply and one per read: ~1.5% of the CPU at one connection per
+// message.
+const deadlineSlack = time.Second
+
+// keep reports whether moving deadline *cur to t can be skipped, and
+// records t if not.
+func (c *conn) keep(cur *time.Time, t time.Time) bool {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	if !t.IsZero() && !cur.IsZero() && !t.Before(*cur) && t.Sub(*cur) < min(deadlineSlack, time.Until(t)/16) {
+		return true
+	}
+	*cur = t
+	return false
+}
+
+// SetWriteDeadline is go-smtp's, before every reply (see deadlineSlack).
+func (c *conn) SetWriteDeadline(t time.Time) error {
+	if c.keep(&c.wdl, t) {
+		return nil
+	}
+	return c.Conn.SetWriteDeadline(t)
+}
+
+// SetReadDeadline: as SetWriteDeadline.
+func (c *conn) SetReadDeadline(t time.Time) error {
+	if c.keep(&c.rdl, t) {
+		return nil
+	}
+	return c.Conn.SetReadDeadline(t)
+}
+
+// SetDeadline sets both.
+func (c *conn) SetDeadline(t time.Time) error {
+	c.dmu.Lock()
+	c.rdl, c.wdl = t, t
+	c.dmu.Unlock()
+	return c.Conn.SetDeadline(t)
 }
 
 // readBufs recycles connections' read buffers: with one connection per
@@ -316,9 +362,9 @@ func (c *conn) startTLS() error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	tc := tls.Server(c.Conn, c.s.TLS)
-	c.Conn.SetDeadline(time.Now().Add(c.s.Config.SMTP.CommandTimeout.D()))
+	c.SetDeadline(time.Now().Add(c.s.Config.SMTP.CommandTimeout.D()))
 	err := tc.Handshake()
-	c.Conn.SetDeadline(time.Time{})
+	c.SetDeadline(time.Time{})
 	if err != nil {
 		c.s.log().Info("TLS handshake failed", "client", c.ip.String(), "err", err)
 		c.dead.Store(true)
@@ -447,7 +493,7 @@ func (c *conn) fill(d time.Duration) error {
 		c.buf = c.base[:copy(c.base, c.buf)]
 	}
 	if d > 0 {
-		c.Conn.SetReadDeadline(time.Now().Add(d))
+		c.SetReadDeadline(time.Now().Add(d))
 	}
 	n, err := c.transport().Read(c.buf[len(c.buf):cap(c.buf)])
 	c.buf = c.buf[:len(c.buf)+n]
@@ -462,7 +508,7 @@ func (c *conn) fill(d time.Duration) error {
 
 // reply writes a reply of our own.
 func (c *conn) reply(line string) {
-	c.Conn.SetWriteDeadline(time.Now().Add(c.s.Config.SMTP.CommandTimeout.D()))
+	c.SetWriteDeadline(time.Now().Add(c.s.Config.SMTP.CommandTimeout.D()))
 	c.Write([]byte(line + "\r\n"))
 }
 
@@ -559,10 +605,10 @@ func (c *conn) pregreet() string {
 	if wait <= 0 || c.s.pregreetDone(c.ip, now) {
 		return ""
 	}
-	c.Conn.SetReadDeadline(time.Now().Add(wait))
+	c.SetReadDeadline(time.Now().Add(wait))
 	var early [512]byte // any byte is a refusal: what it says is never used
 	n, err := c.Conn.Read(early[:])
-	c.Conn.SetReadDeadline(time.Time{})
+	c.SetReadDeadline(time.Time{})
 	var ne net.Error
 	switch {
 	case n > 0:

@@ -225,7 +225,6 @@ func (x *session) Data(r io.Reader) error {
 	hdr := x.s.receivedHeader(env, x.c.tlsState())
 	body := &bodyReader{r: r}
 	size, err := x.s.Store.Enqueue(context.Background(), env, io.MultiReader(strings.NewReader(hdr), body))
-	log := x.s.log().With("id", env.ID, "client", env.Client.Addr)
 	if body.err != nil {
 		rule, e := bodyError(body.err, x.s.Config.SMTP.MaxMessageSize)
 		x.s.rejected(x.c.ip, rule, replyText(e), "id", env.ID, "sender", env.Sender, "error", body.err)
@@ -233,10 +232,10 @@ func (x *session) Data(r io.Reader) error {
 	}
 	if err != nil {
 		e := reply(451, smtp.EnhancedCode{4, 3, 0}, "Local error, message not queued; try again later")
-		log.Error("store failed", "sender", env.Sender, "error", err, "reply", replyText(e))
+		x.s.log().Error("store failed", "id", env.ID, "client", env.Client.Addr, "sender", env.Sender, "error", err, "reply", replyText(e))
 		return e
 	}
-	log.Info("queued", "sender", env.Sender, "recipients", n, "size", size, "domains", domains, "deferred", len(env.Deferred))
+	x.s.log().Info("queued", "id", env.ID, "client", env.Client.Addr, "sender", env.Sender, "recipients", n, "size", size, "domains", domains, "deferred", len(env.Deferred))
 	if queued != nil {
 		queued()
 	}
