@@ -91,8 +91,10 @@ func (sg *segment) Sync() error { return fdatasync(sg.fd) }
 
 // openSegments scans dir: segments no row points into (left by a crash
 // between an append and its commit, or between a removal's commit and the
-// unlink, and the previous run's spare) are removed, and the space after the
-// last body of the others is given back; appends will go to a new segment.
+// unlink, and the previous run's spare) are removed; the others are handed
+// to the reclaimer, which gives back, in the background, the space between
+// and after their bodies (the tail of the previous run's current segment,
+// what was freed since the last reclaim). Appends go to a new segment.
 func openSegments(dir string, segMax int64, log *slog.Logger, index segIndex) (*segments, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
@@ -103,39 +105,49 @@ func openSegments(dir string, segMax int64, log *slog.Logger, index segIndex) (*
 		return nil, err
 	}
 	removed := 0
+	var used []uint64
 	for i, e := range ents {
 		n, err := strconv.ParseUint(e.Name(), 16, 64)
 		if err != nil || len(e.Name()) != 16 {
 			continue
 		}
 		s.next = max(s.next, n+1)
-		last, used, err := index.end(n)
+		_, inUse, err := index.end(n)
 		if err != nil {
 			return nil, err
 		}
-		p := filepath.Join(dir, e.Name())
-		if !used {
-			if err := os.Remove(p); err != nil {
-				return nil, err
-			}
-			if i < len(ents)-1 { // the last one is normally the spare
-				removed++
-			}
+		if inUse {
+			used = append(used, n)
 			continue
 		}
-		if err := punchGaps(p, []segRef{{len: last}}); err != nil {
+		if err := os.Remove(filepath.Join(dir, e.Name())); err != nil {
 			return nil, err
+		}
+		if i < len(ents)-1 { // the last one is normally the spare
+			removed++
 		}
 	}
 	if removed > 0 {
 		s.log.Info("store sweep", "unused_segments_removed", removed)
 	}
-	s.reclaims = make(chan uint64, 64)
+	s.reclaims = make(chan uint64, max(reclaimQueue, len(used)))
 	s.barrier = make(chan struct{})
 	s.reclaimerDone = make(chan struct{})
+	for _, n := range used {
+		f := &freedSpace{queued: true}
+		if fi, err := os.Stat(s.path(n)); err == nil {
+			f.size = fi.Size()
+		}
+		s.freed[n] = f
+		s.reclaims <- n
+	}
 	go s.reclaimer()
 	return s, nil
 }
+
+// reclaimQueue is how many segments may wait for the reclaimer; beyond, a
+// segment waits for its next free.
+const reclaimQueue = 4096
 
 func (s *segments) path(n uint64) string {
 	return filepath.Join(s.dir, fmt.Sprintf("%016x", n))

@@ -268,3 +268,36 @@ func TestLegacyBodies(t *testing.T) {
 	completeAllOf(t, s, "a.test", "old1", "new")
 	assertNothing(t, s)
 }
+
+// TestSegmentReclaimAtOpen: after a restart, the previous current segment's
+// unused tail and the space of bodies removed before the restart are given
+// back in the background.
+func TestSegmentReclaimAtOpen(t *testing.T) {
+	dir := t.TempDir()
+	if !canPunch(t, dir) {
+		t.Skip("no hole punching here")
+	}
+	s := openT(t, dir)
+	for i := range 8 {
+		enqueue(t, s, fmt.Sprintf("r%d", i), strings.Repeat("x", 3*segAlign))
+	}
+	if err := s.Delete(context.Background(), "r3"); err != nil { // too little to reclaim now
+		t.Fatal(err)
+	}
+	seg := filepath.Join(dir, "segments", segFiles(t, s)[0])
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openT(t, dir)
+	s.segs.drainReclaims()
+	// 7 bodies of 3 blocks are left of a 1 MiB segment.
+	if got := allocated(t, seg); got > 7*3*segAlign {
+		t.Errorf("segment holds %d bytes after reopen, want at most %d", got, 7*3*segAlign)
+	}
+	for _, id := range []string{"r0", "r2", "r4", "r7"} {
+		if got := readBody(t, s, id); string(got) != strings.Repeat("x", 3*segAlign) {
+			t.Fatalf("Body(%s) after reclaim differs", id)
+		}
+	}
+	assertBodies(t, s)
+}
