@@ -678,12 +678,11 @@ func TestSmallNever(t *testing.T) {
 // pending is the number of ops handed to the writer and not yet taken.
 func (w *writer) pending() int { return len(w.ops) }
 
-// TestGroupWithFailingOp: ops committed in one group where one fails after
-// writing: the others' writes are committed, the failing op's are not, and
-// each caller gets its own outcome (the group is run again with savepoints).
-func TestGroupWithFailingOp(t *testing.T) {
+// runGroup hands n ops to the writer while it is kept busy, so that they
+// form one group, and returns each op's outcome. ops(i) gives op i.
+func runGroup(t *testing.T, s *Store, n int, ops func(i int) (syncer, func(*wtx) error)) []error {
+	t.Helper()
 	ctx := context.Background()
-	s := openT(t, t.TempDir())
 	hold := make(chan struct{})
 	started := make(chan struct{})
 	go s.w.do(ctx, nil, func(*wtx) error { // keeps the writer busy while the group forms
@@ -692,34 +691,51 @@ func TestGroupWithFailingOp(t *testing.T) {
 		return nil
 	})
 	<-started
-	errBoom := errors.New("boom")
-	runs := make([]atomic.Int32, 5)
-	errs := make([]error, 5)
+	errs := make([]error, n)
 	var wg sync.WaitGroup
-	for i := range 5 {
-		wg.Go(func() {
-			errs[i] = s.w.do(ctx, nil, func(tx *wtx) error {
-				runs[i].Add(1)
-				if _, err := tx.insMessage.Exec(fmt.Sprintf("G%d", i), `{}`, 0); err != nil {
-					return err
-				}
-				if i == 2 {
-					return errBoom // after its insert: that row must not stay
-				}
-				return nil
-			})
-		})
+	for i := range n {
+		sn, fn := ops(i)
+		wg.Go(func() { errs[i] = s.w.do(ctx, sn, fn) })
 	}
-	for s.w.pending() < 5 {
+	for s.w.pending() < n {
 		time.Sleep(time.Millisecond)
 	}
 	close(hold)
 	wg.Wait()
-	for i := range 5 {
-		var n int
-		if err := s.rdb.QueryRow(`SELECT count(*) FROM messages WHERE id = ?`, fmt.Sprintf("G%d", i)).Scan(&n); err != nil {
-			t.Fatal(err)
+	return errs
+}
+
+// messageRows counts the messages rows with id.
+func messageRows(t *testing.T, s *Store, id string) int {
+	t.Helper()
+	var n int
+	if err := s.rdb.QueryRow(`SELECT count(*) FROM messages WHERE id = ?`, id).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestGroupWithFailingOp: ops committed in one group where one fails after
+// writing: the others' writes are committed, the failing op's are not, and
+// each caller gets its own outcome (the group is run again with savepoints).
+func TestGroupWithFailingOp(t *testing.T) {
+	s := openT(t, t.TempDir())
+	errBoom := errors.New("boom")
+	runs := make([]atomic.Int32, 5)
+	errs := runGroup(t, s, 5, func(i int) (syncer, func(*wtx) error) {
+		return nil, func(tx *wtx) error {
+			runs[i].Add(1)
+			if _, err := tx.insMessage.Exec(fmt.Sprintf("G%d", i), `{}`, 0); err != nil {
+				return err
+			}
+			if i == 2 {
+				return errBoom // after its insert: that row must not stay
+			}
+			return nil
 		}
+	})
+	for i := range 5 {
+		n := messageRows(t, s, fmt.Sprintf("G%d", i))
 		switch {
 		case i == 2 && (!errors.Is(errs[i], errBoom) || n != 0):
 			t.Errorf("failing op: err %v, rows %d; want boom and 0", errs[i], n)
@@ -762,43 +778,23 @@ func (f failingSync) Sync() error { return f.err }
 // do; an op whose sync fails gets that error and none of its writes are
 // committed, the others' are.
 func TestGroupWithFailingSync(t *testing.T) {
-	ctx := context.Background()
 	s := openT(t, t.TempDir())
-	hold := make(chan struct{})
-	started := make(chan struct{})
-	go s.w.do(ctx, nil, func(*wtx) error { // keeps the writer busy while the group forms
-		close(started)
-		<-hold
-		return nil
-	})
-	<-started
 	errDisk := errors.New("EIO")
-	errs := make([]error, 4)
-	var wg sync.WaitGroup
-	for i := range 4 {
+	errs := runGroup(t, s, 4, func(i int) (syncer, func(*wtx) error) {
 		var sn syncer
-		if i == 1 {
+		switch i {
+		case 1:
 			sn = failingSync{errDisk}
-		} else if i == 2 {
+		case 2:
 			sn = dirSync(s.dir)
 		}
-		wg.Go(func() {
-			errs[i] = s.w.do(ctx, sn, func(tx *wtx) error {
-				_, err := tx.insMessage.Exec(fmt.Sprintf("S%d", i), `{}`, 0)
-				return err
-			})
-		})
-	}
-	for s.w.pending() < 4 {
-		time.Sleep(time.Millisecond)
-	}
-	close(hold)
-	wg.Wait()
-	for i := range 4 {
-		var n int
-		if err := s.rdb.QueryRow(`SELECT count(*) FROM messages WHERE id = ?`, fmt.Sprintf("S%d", i)).Scan(&n); err != nil {
-			t.Fatal(err)
+		return sn, func(tx *wtx) error {
+			_, err := tx.insMessage.Exec(fmt.Sprintf("S%d", i), `{}`, 0)
+			return err
 		}
+	})
+	for i := range 4 {
+		n := messageRows(t, s, fmt.Sprintf("S%d", i))
 		switch {
 		case i == 1 && (!errors.Is(errs[i], errDisk) || n != 0):
 			t.Errorf("op with a failed sync: err %v, rows %d; want EIO and 0", errs[i], n)
