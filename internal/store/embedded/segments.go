@@ -158,6 +158,10 @@ func (s *segments) path(n uint64) string {
 func (s *segments) append(data []byte) (*segment, int64, error) {
 	alen := alignUp(int64(len(data)))
 	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil, 0, ErrClosed
+	}
 	var retired *segment
 	if s.cur == nil || (s.cur.size > 0 && s.cur.size+alen > s.cur.cap) {
 		var err error

@@ -301,3 +301,19 @@ func TestSegmentReclaimAtOpen(t *testing.T) {
 	}
 	assertBodies(t, s)
 }
+
+// TestEnqueueAfterClose: a closed store refuses, and creates no segment.
+func TestEnqueueAfterClose(t *testing.T) {
+	dir := t.TempDir()
+	s := openT(t, dir)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	e := &store.Envelope{ID: "late", Received: storetest.T0, Domains: map[string][]store.Recipient{"a.test": {{Addr: "u@a.test"}}}}
+	if _, err := s.Enqueue(context.Background(), e, strings.NewReader("body")); err == nil {
+		t.Fatal("Enqueue on a closed store succeeded")
+	}
+	if names, _ := os.ReadDir(filepath.Join(dir, "segments")); len(names) > 0 {
+		t.Fatalf("segments created after Close: %v", names)
+	}
+}
