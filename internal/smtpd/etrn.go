@@ -129,12 +129,8 @@ func (s *Server) resolvesTo(ctx context.Context, host string, ip netip.Addr) boo
 	return false
 }
 
-// verifiedName returns ip's reverse DNS name if that name resolves back to
-// ip (forward-confirmed), else "".
-func (s *Server) verifiedName(ip netip.Addr) string {
-	if !ip.IsValid() {
-		return ""
-	}
+// lookupName asks DNS for ip's forward-confirmed reverse name.
+func (s *Server) lookupName(ip netip.Addr) string {
 	ctx, cancel := context.WithTimeout(context.Background(), lookupTimeout)
 	defer cancel()
 	names, err := s.resolver().LookupAddr(ctx, ip.String())

@@ -94,6 +94,7 @@ type Server struct {
 	isDrained bool
 	lim       limits // per-client connection state, under mu
 	ownStats  Stats
+	names     nameCache // verified reverse names of recent clients
 }
 
 func (s *Server) init() {
