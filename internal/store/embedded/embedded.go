@@ -27,16 +27,17 @@
 // to tmp/ (buffer first, then the rest), fsynced, linked into bodies/ and
 // its directory fsynced before the row is committed. Removal (Delete, or
 // Complete removing the last delivery) deletes the body's row in the same
-// transaction as the messages row; the body's segment blocks are punched
-// out, or its file removed, after that commit. So a crash can leave body
-// bytes or a body file without a row, never a row without its body: at Open
-// a sweep removes everything in tmp/, every body file that has no row and
-// every segment no row points into. Freed pages of index.db are reused, not
+// transaction as the messages row; after that commit its file is removed,
+// or its segment unlinked if no row points into it any more (the space of
+// bodies gone from a segment still in use is punched out in bulk later).
+// So a crash can leave body bytes or a body file without a row, never a row
+// without its body: at Open a sweep removes everything in tmp/, every body
+// file that has no row and every segment no row points into. Freed pages of index.db are reused, not
 // given back to the file system.
 //
 // Writes go through one writer goroutine that commits whatever is pending in
-// one transaction (group commit): concurrent callers share the directory and
-// WAL fsyncs, and each gets its own error. Claim runs in that writer too, so
+// one transaction (group commit): concurrent callers share the segment,
+// directory and WAL syncs, and each gets its own error. Claim runs in that writer too, so
 // claims are atomic with respect to each other. Reads use a separate
 // read-only connection pool. Leases left from a previous run are released at
 // Open (one node owns the directory, enforced with flock); their fencing
@@ -158,8 +159,8 @@ CREATE TABLE IF NOT EXISTS segbodies (
 	off INTEGER NOT NULL,
 	len INTEGER NOT NULL
 ) WITHOUT ROWID;
--- Is a segment still used (removal of empty segments, the sweep), where
--- does its last body end, where are the gaps between its bodies?
+-- Is a segment still used (removal of empty segments, the sweep), and
+-- where are the gaps between its bodies (reclaim)?
 CREATE INDEX IF NOT EXISTS segbodies_seg ON segbodies (seg, off, len);
 -- Small bodies of stores written before segments: read and removed, no
 -- longer written.
@@ -318,13 +319,13 @@ func (s *Store) sweepShard(shard string) (int, error) {
 // storeIndex answers the segments' questions from the read pool.
 type storeIndex struct{ st *rstmts }
 
-func (x storeIndex) end(n uint64) (int64, bool, error) {
-	var off, l int64
-	err := x.st.segLast.QueryRow(int64(n)).Scan(&off, &l)
+func (x storeIndex) used(n uint64) (bool, error) {
+	var one int
+	err := x.st.segUsed.QueryRow(int64(n)).Scan(&one)
 	if errors.Is(err, sql.ErrNoRows) {
-		return 0, false, nil
+		return false, nil
 	}
-	return off + l, err == nil, err
+	return err == nil, err
 }
 
 func (x storeIndex) live(n uint64) ([]segRef, error) {

@@ -303,7 +303,7 @@ func (s *Store) Complete(ctx context.Context, l *store.Lease, results []store.Re
 		if err != nil {
 			return err
 		}
-		gone, err = completeAll(tx, l.Domain, results)
+		gone, err = completeAll(tx, l.Domain, results, s.legacyBodies)
 		return err
 	})
 	if err != nil {
@@ -332,11 +332,13 @@ func (s *Store) freeBodies(r removed) {
 // completeAll applies results, in order, to the deliveries (r.ID, domain),
 // removes the messages left without deliveries with their body rows, and
 // returns where the bodies of those gone messages were (segments, files;
-// bodies in the legacy bodies table need nothing more). A delivery that no
+// bodies in the legacy bodies table, looked for only if the store had any
+// at Open, need nothing more). A delivery that no
 // longer exists (deleted by an operator) is skipped. The whole group costs
-// one read, one delete of deliveries, one of messages and two of bodies,
-// plus an update per delivery that keeps recipients.
-func completeAll(tx *wtx, domain string, results []store.Result) (removed, error) {
+// one read, one delete of deliveries, one of messages and one of segment
+// bodies (two with legacy bodies), plus an update per delivery that keeps
+// recipients.
+func completeAll(tx *wtx, domain string, results []store.Result, legacyBodies bool) (removed, error) {
 	var none removed
 	if len(results) == 0 {
 		return none, nil
@@ -440,9 +442,11 @@ func completeAll(tx *wtx, domain string, results []store.Result) (removed, error
 	if err != nil {
 		return none, err
 	}
-	legacy, err := scanIDs(tx.delBodies.Query(string(goneJSON)))
-	if err != nil {
-		return none, err
+	var legacy []string
+	if legacyBodies {
+		if legacy, err = scanIDs(tx.delBodies.Query(string(goneJSON))); err != nil {
+			return none, err
+		}
 	}
 	segs, err := scanSegRefs(tx.delSegBodies.Query(string(goneJSON)))
 	if err != nil {

@@ -67,9 +67,8 @@ type segments struct {
 
 // segIndex is what segments ask the index.
 type segIndex interface {
-	// end is where the last body in seg ends, and whether any row points
-	// into seg at all.
-	end(seg uint64) (int64, bool, error)
+	// used reports whether any row points into seg.
+	used(seg uint64) (bool, error)
 	// live lists the bodies in seg, by offset.
 	live(seg uint64) ([]segRef, error)
 }
@@ -112,7 +111,7 @@ func openSegments(dir string, segMax int64, log *slog.Logger, index segIndex) (*
 			continue
 		}
 		s.next = max(s.next, n+1)
-		_, inUse, err := index.end(n)
+		inUse, err := index.used(n)
 		if err != nil {
 			return nil, err
 		}
@@ -298,7 +297,7 @@ func (s *segments) removeIfUnused(n uint64) bool {
 	if live {
 		return false
 	}
-	_, used, err := s.index.end(n)
+	used, err := s.index.used(n)
 	if err != nil {
 		s.log.Warn("store: segment check failed", "segment", n, "err", err)
 		return false

@@ -138,7 +138,7 @@ const (
 	getSegBodySQL = `SELECT seg, off, len FROM segbodies WHERE id = ?`
 	// getSegBodiesSQL: ids (JSON).
 	getSegBodiesSQL = `SELECT b.id, b.seg, b.off, b.len FROM json_each(?) AS j CROSS JOIN segbodies AS b WHERE b.id = j.value`
-	segLastSQL      = `SELECT off, len FROM segbodies WHERE seg = ? ORDER BY off DESC LIMIT 1`
+	segUsedSQL      = `SELECT 1 FROM segbodies WHERE seg = ? LIMIT 1`
 	segLiveSQL      = `SELECT off, len FROM segbodies WHERE seg = ? ORDER BY off`
 	hasBodiesSQL    = `SELECT EXISTS (SELECT 1 FROM bodies)`
 )
@@ -146,7 +146,7 @@ const (
 // rstmts are the readers' prepared statements, on the read pool.
 type rstmts struct {
 	leaseHeld, more, nextDue, hasMessage, getBody, getBodies *sql.Stmt
-	getSegBody, getSegBodies, segLast, segLive, hasBodies    *sql.Stmt
+	getSegBody, getSegBodies, segUsed, segLive, hasBodies    *sql.Stmt
 }
 
 func prepareReaders(db *sql.DB) (*rstmts, error) {
@@ -164,7 +164,7 @@ func prepareReaders(db *sql.DB) (*rstmts, error) {
 		{&st.getBodies, getBodiesSQL},
 		{&st.getSegBody, getSegBodySQL},
 		{&st.getSegBodies, getSegBodiesSQL},
-		{&st.segLast, segLastSQL},
+		{&st.segUsed, segUsedSQL},
 		{&st.segLive, segLiveSQL},
 		{&st.hasBodies, hasBodiesSQL},
 	} {
@@ -183,7 +183,7 @@ func prepareReaders(db *sql.DB) (*rstmts, error) {
 }
 
 func (st *rstmts) close() {
-	for _, s := range []*sql.Stmt{st.leaseHeld, st.more, st.nextDue, st.hasMessage, st.getBody, st.getBodies, st.getSegBody, st.getSegBodies, st.segLast, st.segLive, st.hasBodies} {
+	for _, s := range []*sql.Stmt{st.leaseHeld, st.more, st.nextDue, st.hasMessage, st.getBody, st.getBodies, st.getSegBody, st.getSegBodies, st.segUsed, st.segLive, st.hasBodies} {
 		if s != nil {
 			_ = s.Close()
 		}
