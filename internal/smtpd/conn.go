@@ -93,8 +93,9 @@ type conn struct {
 	greeted bool // the 220 went out (or was replaced); under wmu
 
 	wmu      sync.Mutex
-	wline    []byte // an unfinished reply line
-	lastCode int    // code of the last final reply line written
+	wline    []byte // an unfinished reply line (in wlineBuf at first)
+	wlineBuf [128]byte
+	lastCode int // code of the last final reply line written
 
 	blDone chan struct{} // closed when bl is set; nil: no DNSBL check
 	bl     dnsbl.Verdict
@@ -159,7 +160,9 @@ var readBufs = sync.Pool{New: func() any { b := make([]byte, 2*maxCommandLine); 
 
 func newConn(nc net.Conn, s *Server) *conn {
 	base := *readBufs.Get().(*[]byte)
-	return &conn{Conn: nc, s: s, ip: remoteIP(nc.RemoteAddr()), base: base, buf: base[:0]}
+	c := &conn{Conn: nc, s: s, ip: remoteIP(nc.RemoteAddr()), base: base, buf: base[:0]}
+	c.wline = c.wlineBuf[:0]
+	return c
 }
 
 // Read hands go-smtp the next measured batch of client bytes. It holds rmu

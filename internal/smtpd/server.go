@@ -304,7 +304,7 @@ func (l *listener) Accept() (net.Conn, error) {
 			go l.s.refuse(nc, rule, reply)
 			continue
 		}
-		l.s.log().Info("connection", "client", c.ip.String())
+		l.s.info("connection", slog.String("client", c.ip.String()))
 		c.startDNSBL()
 		return c, nil
 	}
@@ -338,6 +338,20 @@ func (s *Server) log() *slog.Logger {
 		return slog.New(slog.DiscardHandler)
 	}
 	return s.Log
+}
+
+// info logs at Info without looking up the caller's program counter, as
+// slog.Logger.Info does for every line (for AddSource, which we never set):
+// for the lines written once per connection or message.
+func (s *Server) info(msg string, attrs ...slog.Attr) {
+	l := s.log()
+	ctx := context.Background()
+	if !l.Enabled(ctx, slog.LevelInfo) {
+		return
+	}
+	r := slog.NewRecord(s.now(), slog.LevelInfo, msg, 0)
+	r.AddAttrs(attrs...)
+	_ = l.Handler().Handle(ctx, r)
 }
 
 func (s *Server) now() time.Time {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"slices"
 	"strings"
 	"sync"
@@ -235,7 +236,8 @@ func (x *session) Data(r io.Reader) error {
 		x.s.log().Error("store failed", "id", env.ID, "client", env.Client.Addr, "sender", env.Sender, "error", err, "reply", replyText(e))
 		return e
 	}
-	x.s.log().Info("queued", "id", env.ID, "client", env.Client.Addr, "sender", env.Sender, "recipients", n, "size", size, "domains", domains, "deferred", len(env.Deferred))
+	x.s.info("queued", slog.String("id", env.ID), slog.String("client", env.Client.Addr), slog.String("sender", env.Sender),
+		slog.Int("recipients", n), slog.Int64("size", size), slog.String("domains", strings.Join(domains, ",")), slog.Int("deferred", len(env.Deferred)))
 	if queued != nil {
 		queued()
 	}

@@ -158,10 +158,21 @@ const idleConnGoroutine = 10 * time.Second
 // (backupmx patch).
 func (s *Server) serveConns(c net.Conn) {
 	var t *time.Timer
+	var bufs *connBufs
 	for {
-		err := s.handleConn(newConn(c, s))
+		sc := newConnBufs(c, s, bufs)
+		err := s.handleConn(sc)
 		if err != nil {
 			s.ErrorLog.Printf("error handling %v: %s", c.RemoteAddr(), err)
+		}
+		// The connection's buffers serve the next one, unless a goroutine
+		// it started may still hold them.
+		bufs = sc.bufs
+		if sc.spawned {
+			bufs = nil
+		} else {
+			bufs.r.Reset(nil) // hold on to no part of the connection
+			bufs.w.Reset(nil)
 		}
 		s.wg.Done()
 		if t == nil {

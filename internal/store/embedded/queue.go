@@ -39,9 +39,7 @@ func (s *Store) Enqueue(ctx context.Context, env *store.Envelope, body io.Reader
 	if len(env.Domains) == 0 {
 		return 0, fmt.Errorf("embedded: message %s has no recipients", env.ID)
 	}
-	e := *env
-	e.Domains = nil
-	envJSON, err := json.Marshal(&e)
+	envJSON, err := store.EnvelopeJSON(env)
 	if err != nil {
 		return 0, err
 	}
@@ -50,7 +48,7 @@ func (s *Store) Enqueue(ctx context.Context, env *store.Envelope, body io.Reader
 		if dom == "" || len(rs) == 0 {
 			return 0, fmt.Errorf("embedded: message %s: empty domain or recipient list", env.ID)
 		}
-		b, err := json.Marshal(rs)
+		b, err := store.RecipientsJSON(rs)
 		if err != nil {
 			return 0, err
 		}
