@@ -149,8 +149,8 @@ func (s *Scheduler) Flushed() {
 	s.init()
 	s.downMu.Lock()
 	clear(s.down)
+	s.flushes.Add(1) // with the clear: see FlushDomain
 	s.downMu.Unlock()
-	s.flushes.Add(1)
 	s.Kick()
 }
 
@@ -168,16 +168,33 @@ func (s *Scheduler) setDown(domain string, why error) {
 	}
 }
 
+// markDown remembers that a domain's primary refused an attempt begun at
+// flush count epoch, unless a flush has come since (the primary may be back).
+// A work cycle calls it at the first refusal, so that mail arriving for the
+// domain while the cycle defers what it claimed is deferred by Arrival, not
+// claimed and tried by the same cycle.
+func (s *Scheduler) markDown(domain string, why error, epoch int64) {
+	s.init()
+	s.downMu.Lock()
+	defer s.downMu.Unlock()
+	if s.flushes.Load() == epoch && s.Config.Domain(domain) != nil {
+		s.down[domain] = why.Error()
+	}
+}
+
 // FlushDomain makes all of a domain's waiting mail due now and wakes the loop
 // (ETRN, a successful probe, the admin API).
 //
-// The domain is marked up and the flush counted before the store's flush:
-// a message stored after that flush was deferred by Arrival only if Arrival
-// ran before them, and then its queued sees the count move and flushes again.
+// The domain is marked up and the flush counted, together under downMu
+// (markDown sees both or neither), before the store's flush: a message
+// stored after that flush was deferred by Arrival only if Arrival ran before
+// them, and then its queued sees the count move and flushes again.
 func (s *Scheduler) FlushDomain(ctx context.Context, domain, why string) error {
 	s.init()
-	s.setDown(domain, nil)
+	s.downMu.Lock()
+	delete(s.down, domain)
 	s.flushes.Add(1)
+	s.downMu.Unlock()
 	n, err := s.Store.Flush(ctx, store.Filter{Domain: domain}, s.Now())
 	if err != nil {
 		return err
@@ -395,7 +412,7 @@ func (s *Scheduler) work(ctx, stop context.Context, l *store.Lease, first []stor
 			for rest := ds; len(rest) > 0; {
 				n := len(rest)
 				var got map[string][]byte
-				if bodies != nil {
+				if bodies != nil && !c.knownDown() {
 					n = min(n, sessions)
 					ids := make([]string, n)
 					for i := range n {
@@ -598,8 +615,21 @@ func (c *cycle) close() {
 	if !c.flushed {
 		down = c.downErr
 	}
+	since := c.downSince
 	c.mu.Unlock()
-	c.s.setDown(c.lease.Domain, down)
+	if down != nil {
+		c.s.markDown(c.lease.Domain, down, since)
+	} else {
+		c.s.setDown(c.lease.Domain, nil)
+	}
+}
+
+// knownDown reports whether the primary refused this cycle since the last
+// flush: no body needs reading for what the cycle defers then.
+func (c *cycle) knownDown() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.downErr != nil && c.downSince == c.s.flushes.Load()
 }
 
 // session returns a usable session: the one given, or a new one.
@@ -624,6 +654,7 @@ func (c *cycle) session(ctx context.Context, sess relay.Session) (relay.Session,
 		if c.downErr == nil || c.downSince != flushes {
 			c.downErr, c.downSince = err, flushes
 			c.s.Log.Warn("primary down", "domain", c.lease.Domain, "err", err)
+			c.s.markDown(c.lease.Domain, err, flushes)
 		}
 		return nil, err
 	}

@@ -611,3 +611,46 @@ func TestStopFinishesSends(t *testing.T) {
 		t.Fatalf("the finished delivery was not recorded: %+v", rest)
 	}
 }
+
+// completeHook is a store that calls before ahead of every Complete.
+type completeHook struct {
+	store.Store
+	before func()
+}
+
+func (c completeHook) Complete(ctx context.Context, l *store.Lease, rs []store.Result) error {
+	c.before()
+	return c.Store.Complete(ctx, l, rs)
+}
+
+// TestDownKnownDuringCycle: from the primary's first refusal on, mail
+// arriving for the domain is deferred at arrival, even while the cycle that
+// was refused is still deferring what it claimed (before, the domain counted
+// as down only once that cycle ended, and a burst arriving meanwhile was
+// claimed and tried by it).
+func TestDownKnownDuringCycle(t *testing.T) {
+	h := newHarness(t, "batch = 8\nsessions = 1")
+	for range 40 {
+		h.enqueue("alice@sender.test", "bob@example.test")
+	}
+	completes := 0
+	var deferredMid map[string]store.Deferral
+	dials := 0
+	h.net.onDial = func(string) { dials++ }
+	h.s.Store = completeHook{Store: h.st, before: func() {
+		completes++
+		if completes == 1 { // 32 claimed deliveries are still to come
+			deferredMid, _ = h.s.Arrival([]string{"example.test"})
+		}
+	}}
+	h.runDue()
+	if completes < 2 {
+		t.Fatalf("the cycle recorded its outcomes in %d Complete calls; the test needs it still running at the first", completes)
+	}
+	if _, ok := deferredMid["example.test"]; !ok {
+		t.Fatal("Arrival during the refused cycle did not defer the domain")
+	}
+	if dials != 1 {
+		t.Fatalf("%d dials, want 1", dials)
+	}
+}
