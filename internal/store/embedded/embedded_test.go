@@ -683,26 +683,35 @@ func (w *writer) pending() int { return len(w.ops) }
 func runGroup(t *testing.T, s *Store, n int, ops func(i int) (syncer, func(*wtx) error)) []error {
 	t.Helper()
 	ctx := context.Background()
+	errs := make([]error, n)
+	inGroup(s, n, func(i int) {
+		sn, fn := ops(i)
+		errs[i] = s.w.do(ctx, sn, fn)
+	})
+	return errs
+}
+
+// inGroup runs call(0) … call(n-1) at once, each handing the writer one op,
+// and has those n ops committed in one group: the writer is kept busy until
+// all are waiting.
+func inGroup(s *Store, n int, call func(i int)) {
 	hold := make(chan struct{})
 	started := make(chan struct{})
-	go s.w.do(ctx, nil, func(*wtx) error { // keeps the writer busy while the group forms
+	go s.w.do(context.Background(), nil, func(*wtx) error {
 		close(started)
 		<-hold
 		return nil
 	})
 	<-started
-	errs := make([]error, n)
 	var wg sync.WaitGroup
 	for i := range n {
-		sn, fn := ops(i)
-		wg.Go(func() { errs[i] = s.w.do(ctx, sn, fn) })
+		wg.Go(func() { call(i) })
 	}
 	for s.w.pending() < n {
 		time.Sleep(time.Millisecond)
 	}
 	close(hold)
 	wg.Wait()
-	return errs
 }
 
 // messageRows counts the messages rows with id.
@@ -802,4 +811,71 @@ func TestGroupWithFailingSync(t *testing.T) {
 			t.Errorf("op %d: err %v, rows %d; want nil and 1", i, errs[i], n)
 		}
 	}
+}
+
+// enqueueGroup has n Enqueues (envelope i from env) committed in one group.
+func enqueueGroup(t *testing.T, s *Store, n int, env func(i int) *store.Envelope) []error {
+	t.Helper()
+	errs := make([]error, n)
+	inGroup(s, n, func(i int) {
+		e := env(i)
+		_, errs[i] = s.Enqueue(context.Background(), e, strings.NewReader("body of "+e.ID))
+	})
+	return errs
+}
+
+// TestEnqueuesTogether: the new messages of one group are inserted by
+// multi-row INSERTs (more than one statement's worth of rows here); when
+// one of them fails (a taken id), the group runs op by op and only that
+// Enqueue fails.
+func TestEnqueuesTogether(t *testing.T) {
+	s := openT(t, t.TempDir())
+	enqueue(t, s, "taken", "first")
+	for _, dup := range []bool{false, true} {
+		const n = 2*maxRowsPerInsert + 5
+		prefix := fmt.Sprintf("M%v", dup)
+		id := func(i int) string {
+			if dup && i == 7 {
+				return "taken"
+			}
+			return fmt.Sprintf("%s%03d", prefix, i)
+		}
+		errs := enqueueGroup(t, s, n, func(i int) *store.Envelope {
+			e := &store.Envelope{ID: id(i), Sender: "s@x.test", Received: storetest.T0,
+				Domains: map[string][]store.Recipient{"a.test": {{Addr: "u@a.test"}}}}
+			if i%3 == 0 {
+				e.Domains["b.test"] = []store.Recipient{{Addr: "v@b.test", Notify: "NEVER"}}
+			}
+			return e
+		})
+		for i := range n {
+			if dup && i == 7 {
+				if errs[i] == nil || !strings.Contains(errs[i].Error(), "duplicate queue id") {
+					t.Errorf("Enqueue of a taken id: %v", errs[i])
+				}
+				continue
+			}
+			if errs[i] != nil {
+				t.Fatalf("Enqueue %s: %v", id(i), errs[i])
+			}
+			if b := readBody(t, s, id(i)); string(b) != "body of "+id(i) {
+				t.Errorf("body of %s = %q", id(i), b)
+			}
+			ds, err := s.List(context.Background(), store.Filter{ID: id(i)}, store.Page{Limit: 10})
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := 1
+			if i%3 == 0 {
+				want = 2
+			}
+			if len(ds) != want || ds[0].Envelope.Sender != "s@x.test" || ds[0].Size != int64(len("body of "+id(i))) {
+				t.Errorf("deliveries of %s: %+v", id(i), ds)
+			}
+		}
+	}
+	if b := readBody(t, s, "taken"); string(b) != "first" {
+		t.Errorf("the taken id's body is now %q", b)
+	}
+	assertBodies(t, s)
 }

@@ -114,13 +114,18 @@ func (s *Store) enqueueSmall(ctx context.Context, env *store.Envelope, envJSON s
 		return 0, err
 	}
 	n := int64(len(data))
-	err = s.w.do(ctx, sg, func(tx *wtx) error {
+	rows := &newRows{id: env.ID, env: envJSON, size: n, seg: int64(sg.n), off: off}
+	for dom, r := range rcpts {
+		next, attempts, lastErr := env.FirstSchedule(dom)
+		rows.dels = append(rows.dels, newDelivery{dom, r, sqlrow.Nanos(next), attempts, lastErr})
+	}
+	err = s.w.doRows(ctx, sg, func(tx *wtx) error {
 		if err := insertMessage(tx, env, envJSON, n, rcpts); err != nil {
 			return err
 		}
 		_, err := tx.insSegBody.Exec(env.ID, int64(sg.n), off, n)
 		return err
-	})
+	}, rows)
 	s.segs.settle(sg, off, n, err == nil)
 	if err != nil {
 		return 0, err
@@ -144,6 +149,61 @@ func insertMessage(tx *wtx, env *store.Envelope, envJSON string, size int64, rcp
 		next, attempts, lastErr := env.FirstSchedule(dom)
 		if _, err := tx.insDelivery.Exec(id, dom, r, sqlrow.Nanos(next), attempts, lastErr); err != nil {
 			return err
+		}
+	}
+	return nil
+}
+
+// newRows are the rows of a new message with its body in a segment:
+// messages, segbodies and one deliveries row per domain.
+type newRows struct {
+	id, env  string
+	size     int64
+	seg, off int64
+	dels     []newDelivery
+}
+
+type newDelivery struct {
+	domain, rcpts string
+	next          int64
+	attempts      int
+	lastErr       string
+}
+
+// maxRowsPerInsert bounds the rows of one multi-row INSERT (and so the
+// statements prepared for them: one per table and row count).
+const maxRowsPerInsert = 32
+
+// insertRows inserts several new messages' rows, with one INSERT of many
+// rows per table (a chunk of at most maxRowsPerInsert rows each).
+func insertRows(tx *wtx, rows []*newRows) error {
+	var msgs, segs, dels []any
+	for _, r := range rows {
+		msgs = append(msgs, r.id, r.env, r.size)
+		segs = append(segs, r.id, r.seg, r.off, r.size)
+		for _, d := range r.dels {
+			dels = append(dels, r.id, d.domain, d.rcpts, d.next, d.attempts, d.lastErr)
+		}
+	}
+	for _, t := range []struct {
+		table, cols string
+		ncols       int
+		args        []any
+	}{
+		{"messages", "id, envelope, size", 3, msgs},
+		{"segbodies", "id, seg, off, len", 4, segs},
+		{"deliveries", "id, domain, recipients, next_attempt, attempts, last_error", 6, dels},
+	} {
+		for args := t.args; len(args) > 0; {
+			n := min(len(args)/t.ncols, maxRowsPerInsert)
+			st, err := tx.multiInsert(tx, t.table, t.cols, t.ncols, n)
+			if err != nil {
+				return err
+			}
+			if _, err := st.Exec(args[:n*t.ncols]...); err != nil {
+				return err
+			}
+			args = args[n*t.ncols:]
 		}
 	}
 	return nil

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // The hot statements are prepared once: the writer's on its own connection
@@ -72,6 +73,43 @@ type wstmts struct {
 	delBodies, delMessageDeliveries, delMessage, delBody  *sql.Stmt
 	delSegBodies, delSegBody                              *sql.Stmt
 	all                                                   []*sql.Stmt
+
+	// multi holds INSERTs of several rows at once, by table and row count,
+	// prepared when first needed (see insertRows).
+	multi map[multiKey]*sql.Stmt
+}
+
+type multiKey struct {
+	table string
+	rows  int
+}
+
+// multiInsert returns the prepared INSERT of n rows into table (columns
+// cols), preparing it on the writer's connection the first time.
+func (st *wstmts) multiInsert(t *wtx, table, cols string, ncols, n int) (*sql.Stmt, error) {
+	k := multiKey{table, n}
+	if s, ok := st.multi[k]; ok {
+		return s, nil
+	}
+	var b strings.Builder
+	b.WriteString("INSERT INTO " + table + " (" + cols + ") VALUES ")
+	row := "(" + strings.Repeat("?, ", ncols-1) + "?)"
+	for i := range n {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(row)
+	}
+	s, err := t.conn.PrepareContext(t.ctx, b.String())
+	if err != nil {
+		return nil, err
+	}
+	if st.multi == nil {
+		st.multi = make(map[multiKey]*sql.Stmt)
+	}
+	st.multi[k] = s
+	st.all = append(st.all, s)
+	return s, nil
 }
 
 func prepareWriter(ctx context.Context, conn *sql.Conn) (*wstmts, error) {

@@ -38,6 +38,9 @@ type writer struct {
 type op struct {
 	sync syncer           // to make durable before the commit, or nil
 	fn   func(*wtx) error // runs inside the group's transaction
+	// rows, if set, are the rows fn inserts, as data: with other ops' rows
+	// they are inserted by a few multi-row INSERTs instead (see runPlain).
+	rows *newRows
 	done chan error
 }
 
@@ -93,10 +96,16 @@ func newWriter(db *sql.DB, maxBatch int) (*writer, error) {
 // durable (or failed). fn's own error rolls back only fn's writes. Once
 // handed over, an op is waited for even if ctx ends: its outcome is real.
 func (w *writer) do(ctx context.Context, sync syncer, fn func(*wtx) error) error {
+	return w.doRows(ctx, sync, fn, nil)
+}
+
+// doRows is do for an op whose writes are inserting rows (fn inserts them
+// one statement at a time, for when the group runs op by op).
+func (w *writer) doRows(ctx context.Context, sync syncer, fn func(*wtx) error, rows *newRows) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	o := &op{sync: sync, fn: fn, done: make(chan error, 1)}
+	o := &op{sync: sync, fn: fn, rows: rows, done: make(chan error, 1)}
 	w.mu.RLock()
 	if w.closed {
 		w.mu.RUnlock()
@@ -264,8 +273,23 @@ func (w *writer) runPlain(tx *wtx, batch []*op, errs []error) bool {
 			live++
 		}
 	}
+	// The new messages' rows go in first, a few statements for all of them
+	// (per row, a statement of its own cost more than the row: 3 per
+	// message). If that fails, so does the group, which then runs op by op.
+	var rows []*newRows
 	for i, o := range batch {
-		if errs[i] != nil {
+		if errs[i] == nil && o.rows != nil {
+			rows = append(rows, o.rows)
+		}
+	}
+	together := len(rows) > 1
+	if together {
+		if err := insertRows(tx, rows); err != nil {
+			return false // live > 1
+		}
+	}
+	for i, o := range batch {
+		if errs[i] != nil || together && o.rows != nil {
 			continue
 		}
 		if err := o.fn(tx); err != nil {
