@@ -154,9 +154,14 @@ func (c *conn) SetDeadline(t time.Time) error {
 	return c.Conn.SetDeadline(t)
 }
 
+// readBufSize is a connection's read buffer: twice the longest command
+// line at least, and a whole message of ~10 KB in one read(2) (with 8 KiB,
+// such a body took two).
+const readBufSize = 16 << 10
+
 // readBufs recycles connections' read buffers: with one connection per
 // message they were most of the bytes the server allocated.
-var readBufs = sync.Pool{New: func() any { b := make([]byte, 2*maxCommandLine); return &b }}
+var readBufs = sync.Pool{New: func() any { b := make([]byte, readBufSize); return &b }}
 
 func newConn(nc net.Conn, s *Server) *conn {
 	base := *readBufs.Get().(*[]byte)
