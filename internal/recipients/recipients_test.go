@@ -233,3 +233,39 @@ func TestLRUBounded(t *testing.T) {
 		t.Errorf("a lost or len %d != 3", l.len())
 	}
 }
+
+// stalledCallout never answers: it waits for its context to end.
+type stalledCallout struct{ deadline chan bool }
+
+func (s stalledCallout) Verify(ctx context.Context, domain, addr string) (Answer, error) {
+	_, ok := ctx.Deadline()
+	s.deadline <- ok
+	<-ctx.Done()
+	return Answer{}, ctx.Err()
+}
+
+// TestCheckWithinBoundsCallout: CheckWithin gives the callout (and only it)
+// a deadline; a primary that never answers costs the timeout and the
+// unknown policy's verdict.
+func TestCheckWithinBoundsCallout(t *testing.T) {
+	cfg := parse(t, `
+[[domain]]
+name = "example.test"
+primary = ["127.0.0.1:1"]
+verify = "primary"
+unknown = "tempfail"
+`)
+	sc := stalledCallout{deadline: make(chan bool, 1)}
+	v, _ := New(cfg, sc, time.Now, 0)
+	start := time.Now()
+	got, how := v.CheckWithin(50*time.Millisecond, "carol", "example.test")
+	if got != TempFail || how != "unknown-policy" {
+		t.Fatalf("stalled callout: %v by %s, want TempFail by unknown-policy", got, how)
+	}
+	if !<-sc.deadline {
+		t.Fatal("the callout got no deadline")
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("CheckWithin took %v with a 50ms timeout", d)
+	}
+}

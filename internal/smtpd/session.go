@@ -144,9 +144,7 @@ func (s *Server) validate(addr, domain string) (rule string, err *smtp.SMTPError
 		return "", nil
 	}
 	local := addr[:len(addr)-len(domain)-1]
-	ctx, cancel := context.WithTimeout(context.Background(), lookupTimeout+s.Config.SMTP.CommandTimeout.D()/2)
-	defer cancel()
-	v, how := s.Recipients.Check(ctx, local, domain)
+	v, how := s.Recipients.CheckWithin(lookupTimeout+s.Config.SMTP.CommandTimeout.D()/2, local, domain)
 	switch v {
 	case recipients.Unknown:
 		return "unknown_recipient", reply(550, smtp.EnhancedCode{5, 1, 1}, "<"+addr+">: Recipient address rejected: User unknown")
