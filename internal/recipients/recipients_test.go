@@ -181,17 +181,24 @@ verify = "primary"
 	}
 }
 
+// verifyConfig is example.test verified by callout to primary, with the
+// given unknown policy.
+func verifyConfig(t *testing.T, primary, unknown string) *config.Config {
+	t.Helper()
+	return parse(t, `
+[[domain]]
+name = "example.test"
+primary = ["`+primary+`"]
+verify = "primary"
+unknown = "`+unknown+`"
+`)
+}
+
 func TestPrimaryDown(t *testing.T) {
 	for _, unknown := range []string{"accept", "tempfail"} {
 		t.Run(unknown, func(t *testing.T) {
 			p := startPrimary(t, "alice@example.test")
-			cfg := parse(t, `
-[[domain]]
-name = "example.test"
-primary = ["`+p.addr+`"]
-verify = "primary"
-unknown = "`+unknown+`"
-`)
+			cfg := verifyConfig(t, p.addr, unknown)
 			now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 			v, _ := New(cfg, &SMTPCallout{Config: cfg, Timeout: 5 * time.Second}, func() time.Time { return now }, 0)
 			ctx := context.Background()
@@ -248,13 +255,7 @@ func (s stalledCallout) Verify(ctx context.Context, domain, addr string) (Answer
 // a deadline; a primary that never answers costs the timeout and the
 // unknown policy's verdict.
 func TestCheckWithinBoundsCallout(t *testing.T) {
-	cfg := parse(t, `
-[[domain]]
-name = "example.test"
-primary = ["127.0.0.1:1"]
-verify = "primary"
-unknown = "tempfail"
-`)
+	cfg := verifyConfig(t, "127.0.0.1:1", "tempfail")
 	sc := stalledCallout{deadline: make(chan bool, 1)}
 	v, _ := New(cfg, sc, time.Now, 0)
 	start := time.Now()
