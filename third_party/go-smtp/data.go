@@ -96,19 +96,22 @@ func (r *dataReader) Read(b []byte) (n int, err error) {
 		// backupmx patch: in the middle of a line, copy the run of bytes up
 		// to the next '\r' straight from the buffer instead of one
 		// ReadByte call per byte (20% of the accept CPU in a profile).
-		if r.state == stateData {
+		// Whole lines go the same way (see plainRun): the state machine
+		// byte by byte is left for the bytes where it decides something.
+		if r.state == stateData || r.state == stateBeginLine {
 			if k := r.r.Buffered(); k > 0 {
 				buf, _ := r.r.Peek(k)
 				if m := len(b) - n; len(buf) > m {
 					buf = buf[:m]
 				}
-				if i := bytes.IndexByte(buf, '\r'); i >= 0 {
-					buf = buf[:i]
-				}
-				if len(buf) > 0 {
-					copy(b[n:], buf)
-					n += len(buf)
-					r.r.Discard(len(buf))
+				if j, mid := plainRun(buf, r.state == stateData); j > 0 {
+					copy(b[n:], buf[:j])
+					n += j
+					r.r.Discard(j)
+					r.state = stateBeginLine
+					if mid {
+						r.state = stateData
+					}
 					continue
 				}
 			}
@@ -171,4 +174,33 @@ func (r *dataReader) Read(b []byte) (n int, err error) {
 		r.n -= int64(n)
 	}
 	return
+}
+
+// plainRun returns how many bytes at the head of buf the end-of-data state
+// machine would pass through unchanged, without anything to decide: the rest
+// of the current line (if midLine) and then whole lines ending in CRLF that
+// start with neither '.' nor '\r', and the start of a last line up to a '\r'
+// or the end of buf. mid reports whether the run ends inside a line (the
+// state after it is stateData; else stateBeginLine). backupmx patch: per
+// line, this replaced three ReadByte calls and a Peek.
+func plainRun(buf []byte, midLine bool) (j int, mid bool) {
+	mid = midLine
+	for j < len(buf) {
+		if !mid {
+			if c := buf[j]; c == '.' || c == '\r' {
+				return j, false
+			}
+			mid = true
+		}
+		i := bytes.IndexByte(buf[j:], '\r')
+		if i < 0 {
+			return len(buf), true
+		}
+		if j+i+1 >= len(buf) || buf[j+i+1] != '\n' {
+			return j + i, true // the '\r' is the state machine's
+		}
+		j += i + 2
+		mid = false
+	}
+	return j, mid
 }
