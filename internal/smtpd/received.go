@@ -23,6 +23,7 @@ import (
 // others' addresses to each of them).
 func (s *Server) receivedHeader(env *store.Envelope, ts *tls.ConnectionState) string {
 	var b strings.Builder
+	b.Grow(256) // one allocation for the usual header
 	b.WriteString("Received: from ")
 	b.WriteString(headerSafe(env.Client.HELO))
 	b.WriteString(" (")
@@ -45,13 +46,16 @@ func (s *Server) receivedHeader(env *store.Envelope, ts *tls.ConnectionState) st
 	}
 	b.WriteString("\r\n\tid ")
 	b.WriteString(env.ID)
-	var rcpts []store.Recipient
+	n, only := 0, ""
 	for _, rs := range env.Domains {
-		rcpts = append(rcpts, rs...)
+		n += len(rs)
+		if len(rs) > 0 {
+			only = rs[0].Addr
+		}
 	}
-	if len(rcpts) == 1 {
+	if n == 1 {
 		b.WriteString("\r\n\tfor <")
-		b.WriteString(headerSafe(rcpts[0].Addr))
+		b.WriteString(headerSafe(only))
 		b.WriteString(">")
 	}
 	b.WriteString(";\r\n\t")
