@@ -683,8 +683,17 @@ func (c *conn) clientName() string {
 	return c.name
 }
 
+// doneChan is closed: what it waits for is there already.
+var doneChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
 func (c *conn) startLookup() {
 	c.nameOnce.Do(func() {
+		// A cached answer (the usual case: the same senders come back)
+		// needs no goroutine; a look-up runs while the dialogue goes on.
+		if name, ok := c.s.names.get(c.ip, c.s.now()); ok || !c.ip.IsValid() {
+			c.name, c.nameDone = name, doneChan
+			return
+		}
 		c.nameDone = make(chan struct{})
 		go func() {
 			defer close(c.nameDone)

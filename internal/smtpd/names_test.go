@@ -78,6 +78,12 @@ func TestVerifiedNameCached(t *testing.T) {
 	if n := ptrs(); n != 1 {
 		t.Fatalf("%d PTR queries for three connections, want 1", n)
 	}
+	// A connection from a cached address takes the name without a look-up
+	// goroutine.
+	c := &conn{s: s, ip: ip}
+	if name := c.clientName(); name != "mx1.example.test" || c.nameDone != doneChan || ptrs() != 1 {
+		t.Fatalf("cached connection: name %q, own look-up %v, %d PTR queries", name, c.nameDone != doneChan, ptrs())
+	}
 	now = now.Add(nameTTL)
 	s.verifiedName(ip)
 	if n := ptrs(); n != 2 {
