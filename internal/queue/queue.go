@@ -52,10 +52,11 @@ type Scheduler struct {
 
 	once    sync.Once
 	kick    chan struct{}
-	probing sync.Mutex // one probe round at a time
+	retry   []time.Duration // Config.Queue.Retry, read once (init)
+	probing sync.Mutex      // one probe round at a time
 
 	downMu sync.Mutex
-	down   map[string]string // configured domains whose primary refused us last: why
+	down   map[string]string // configured domains whose primary refused us last: suspended(why)
 	// flushes counts flushes (probe, ETRN, admin, success). A work cycle
 	// that cached "primary down" forgets it when this moves, and results
 	// decided before the move are made due again rather than deferred, so
@@ -78,6 +79,9 @@ func (s *Scheduler) init() {
 		}
 		if s.Owner == "" {
 			s.Owner = s.Config.Node
+		}
+		for _, r := range s.Config.Queue.Retry {
+			s.retry = append(s.retry, r.D())
 		}
 	})
 }
@@ -107,7 +111,7 @@ func (s *Scheduler) Arrival(domains []string) (deferred map[string]store.Deferra
 	now := s.Now()
 	s.downMu.Lock()
 	for _, d := range domains {
-		why, ok := s.down[d]
+		lastErr, ok := s.down[d]
 		if !ok {
 			continue
 		}
@@ -116,7 +120,7 @@ func (s *Scheduler) Arrival(domains []string) (deferred map[string]store.Deferra
 		}
 		deferred[d] = store.Deferral{
 			Next:  NextAttempt(1, now, now.Add(s.retention(d)), s.intervals()),
-			Error: "delivery temporarily suspended: " + why,
+			Error: lastErr,
 		}
 	}
 	s.downMu.Unlock()
@@ -154,6 +158,10 @@ func (s *Scheduler) Flushed() {
 	s.Kick()
 }
 
+// suspended is the last_error of mail deferred at arrival for a domain
+// whose primary refused us with why (made once, when the domain is marked).
+func suspended(why error) string { return "delivery temporarily suspended: " + why.Error() }
+
 // setDown remembers whether a configured domain's primary is down (why is
 // not nil) and why. Only configured domains are kept, so the map is bounded
 // by the configuration.
@@ -162,7 +170,7 @@ func (s *Scheduler) setDown(domain string, why error) {
 	s.downMu.Lock()
 	defer s.downMu.Unlock()
 	if why != nil && s.Config.Domain(domain) != nil {
-		s.down[domain] = why.Error()
+		s.down[domain] = suspended(why)
 	} else {
 		delete(s.down, domain)
 	}
@@ -178,7 +186,7 @@ func (s *Scheduler) markDown(domain string, why error, epoch int64) {
 	s.downMu.Lock()
 	defer s.downMu.Unlock()
 	if s.flushes.Load() == epoch && s.Config.Domain(domain) != nil {
-		s.down[domain] = why.Error()
+		s.down[domain] = suspended(why)
 	}
 }
 
@@ -352,12 +360,11 @@ func (s *Scheduler) retention(domain string) time.Duration {
 	return s.Config.Queue.Retention.D()
 }
 
+// intervals is the retry schedule (Arrival asks for it per message: it is
+// converted once). Callers must not change it.
 func (s *Scheduler) intervals() []time.Duration {
-	iv := make([]time.Duration, len(s.Config.Queue.Retry))
-	for i, r := range s.Config.Queue.Retry {
-		iv[i] = r.D()
-	}
-	return iv
+	s.init()
+	return s.retry
 }
 
 // work delivers a leased domain's due mail over up to Queue.Sessions
