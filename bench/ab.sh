@@ -14,33 +14,20 @@
 # smtp-source (Postfix) and curl.
 set -euo pipefail
 
-A=$1 B=$2 ROUNDS=${3:-6} N=${4:-10000} S=${5:-50}
+A=$(realpath "$1") B=$(realpath "$2") ROUNDS=${3:-6} N=${4:-10000} S=${5:-50}
 PORT_BASE=${PORT_BASE:-13000}
+cd "$(dirname "$0")/.."
+. bench/lib.sh # bmx_config
+DOMAIN=example.test
+DNS_DEAD=127.0.0.1:$PORT_BASE # nothing listens: every DNS query fails at once
 T=$(mktemp -d /tmp/backupmx-ab.XXXXXX)
 trap 'rm -rf "$T"' EXIT
 
 run() { # run BINARY: prints "msg/s cpu-us-per-message"
 	local d p t0 t1 s0 s1
 	d=$(mktemp -d "$T/run.XXXX")
-	cat >"$d/c.toml" <<EOF
-hostname = "mx-backup.bench.test"
-[smtp]
-listen = ["127.0.0.1:$((PORT_BASE + 1))"]
-max_connections_per_ip = 1000
-connection_rate_per_ip = 0
-pregreet_wait = "0s"
-[dnsbl]
-zones = []
-[store]
-dir = "$d/store"
-[admin]
-listen = "127.0.0.1:$((PORT_BASE + 2))"
-[dns]
-resolver = "127.0.0.1:$PORT_BASE"
-[[domain]]
-name = "example.test"
-primary = ["127.0.0.1:$((PORT_BASE + 3))"]
-EOF
+	bmx_config mx-backup.bench.test "127.0.0.1:$((PORT_BASE + 1))" "127.0.0.1:$((PORT_BASE + 2))" \
+		"127.0.0.1:$((PORT_BASE + 3))" "dir = \"$d/store\"" "" >"$d/c.toml"
 	"$1" serve -config "$d/c.toml" 2>"$d/log" &
 	p=$!
 	for _ in $(seq 100); do

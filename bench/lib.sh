@@ -3,3 +3,34 @@ now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
 rate() { awk -v n="$1" -v s="$2" 'BEGIN { printf "%.0f", n / s }'; }
 log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
+
+# bmx_config HOSTNAME SMTP ADMIN PRIMARY STORE QUEUE [TOP]: prints a backupmx
+# config for the benchmarks, everything on loopback: one domain $DOMAIN whose
+# primary is PRIMARY, DNS at $DNS_DEAD (a port where nothing listens). All load
+# comes from one address and the Postfix side runs plain smtpd (no postscreen,
+# no DNSBL), so the door's per-IP limits, pregreet wait and DNSBL are off.
+# STORE and QUEUE are the lines of [store] and [queue]; TOP goes after hostname.
+bmx_config() {
+	cat <<EOF
+hostname = "$1"
+${7:-}
+[smtp]
+listen = ["$2"]
+max_connections_per_ip = 1000
+connection_rate_per_ip = 0
+pregreet_wait = "0s"
+[dnsbl]
+zones = []
+[store]
+$5
+[queue]
+$6
+[admin]
+listen = "$3"
+[dns]
+resolver = "$DNS_DEAD"
+[[domain]]
+name = "$DOMAIN"
+primary = ["$4"]
+EOF
+}

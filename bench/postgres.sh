@@ -72,29 +72,9 @@ fi
 nodes_start() {
 	PIDS=()
 	for i in $(seq 0 $((NODES - 1))); do
-		cat >"$T/node$i.toml" <<EOF
-hostname = "mx$i.bench.test"
-node = "node$i"
-[smtp]
-listen = ["$(smtp_addr "$i")"]
-max_connections_per_ip = 1000
-connection_rate_per_ip = 0
-pregreet_wait = "0s"
-[dnsbl]
-zones = []
-[store]
-engine = "postgres"
-dsn = "$DSN"
-[queue]
-probe_interval = "$1"
-[admin]
-listen = "$(admin_addr "$i")"
-[dns]
-resolver = "$DNS_DEAD"
-[[domain]]
-name = "$DOMAIN"
-primary = ["$SINK"]
-EOF
+		bmx_config "mx$i.bench.test" "$(smtp_addr "$i")" "$(admin_addr "$i")" "$SINK" \
+			"engine = \"postgres\"
+dsn = \"$DSN\"" "probe_interval = \"$1\"" "node = \"node$i\"" >"$T/node$i.toml"
 		"$T/backupmx" serve -config "$T/node$i.toml" 2>>"$T/node$i.log" &
 		PIDS+=($!)
 		for _ in $(seq 100); do

@@ -105,30 +105,9 @@ bmx_start() {
 	local dir=$T/$1 probe="probe_interval = \"$2\""
 	[ "$2" = default ] && probe="# probe_interval: the default"
 	mkdir -p "$dir"
-	cat >"$dir/backupmx.toml" <<EOF
-hostname = "mx-backup.bench.test"
-[smtp]
-listen = ["$BMX_SMTP"]
-# All load comes from one address, and the Postfix side runs plain smtpd (no
-# postscreen, no DNSBL): per-IP limits, the pregreet wait and DNSBL are off here.
-max_connections_per_ip = 1000
-connection_rate_per_ip = 0
-pregreet_wait = "0s"
-[dnsbl]
-zones = []
-[store]
-engine = "embedded"
-dir = "$dir/store"
-[queue]
-$probe
-[admin]
-listen = "$BMX_ADMIN"
-[dns]
-resolver = "$DNS_DEAD"
-[[domain]]
-name = "$DOMAIN"
-primary = ["$BMX_SINK"]
-EOF
+	bmx_config mx-backup.bench.test "$BMX_SMTP" "$BMX_ADMIN" "$BMX_SINK" \
+		"engine = \"embedded\"
+dir = \"$dir/store\"" "$probe" >"$dir/backupmx.toml"
 	BMX_CONF=$dir/backupmx.toml
 	"$T/backupmx" serve -config "$BMX_CONF" 2>"$dir/backupmx.log" &
 	BMX_PID=$!
