@@ -119,13 +119,7 @@ func (s *Store) enqueueSmall(ctx context.Context, env *store.Envelope, envJSON s
 		next, attempts, lastErr := env.FirstSchedule(dom)
 		rows.dels = append(rows.dels, newDelivery{dom, r, sqlrow.Nanos(next), attempts, lastErr})
 	}
-	err = s.w.doRows(ctx, sg, func(tx *wtx) error {
-		if err := insertMessage(tx, env, envJSON, n, rcpts); err != nil {
-			return err
-		}
-		_, err := tx.insSegBody.Exec(env.ID, int64(sg.n), off, n)
-		return err
-	}, rows)
+	err = s.w.doRows(ctx, sg, rows)
 	s.segs.settle(sg, off, n, err == nil)
 	if err != nil {
 		return 0, err
@@ -139,11 +133,7 @@ func (s *Store) enqueueSmall(ctx context.Context, env *store.Envelope, envJSON s
 func insertMessage(tx *wtx, env *store.Envelope, envJSON string, size int64, rcpts map[string]string) error {
 	id := env.ID
 	if _, err := tx.insMessage.Exec(id, envJSON, size); err != nil {
-		var se *sqlite.Error
-		if errors.As(err, &se) && se.Code() == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY {
-			return fmt.Errorf("embedded: duplicate queue id %s", id)
-		}
-		return err
+		return duplicateID(err, id)
 	}
 	for dom, r := range rcpts {
 		next, attempts, lastErr := env.FirstSchedule(dom)
@@ -152,6 +142,16 @@ func insertMessage(tx *wtx, env *store.Envelope, envJSON string, size int64, rcp
 		}
 	}
 	return nil
+}
+
+// duplicateID says which id is taken when err, from inserting the messages
+// row of id, is the primary key's.
+func duplicateID(err error, id string) error {
+	var se *sqlite.Error
+	if errors.As(err, &se) && se.Code() == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY {
+		return fmt.Errorf("embedded: duplicate queue id %s", id)
+	}
+	return err
 }
 
 // newRows are the rows of a new message with its body in a segment:
@@ -174,8 +174,9 @@ type newDelivery struct {
 // statements prepared for them: one per table and row count).
 const maxRowsPerInsert = 32
 
-// insertRows inserts several new messages' rows, with one INSERT of many
-// rows per table (a chunk of at most maxRowsPerInsert rows each).
+// insertRows inserts new messages' rows, with one INSERT of many rows per
+// table (a chunk of at most maxRowsPerInsert rows each). A taken id fails
+// it; with one message, the error says so.
 func insertRows(tx *wtx, rows []*newRows) error {
 	var msgs, segs, dels []any
 	for _, r := range rows {
@@ -201,6 +202,9 @@ func insertRows(tx *wtx, rows []*newRows) error {
 				return err
 			}
 			if _, err := st.Exec(args[:n*t.ncols]...); err != nil {
+				if len(rows) == 1 && t.table == "messages" {
+					return duplicateID(err, rows[0].id)
+				}
 				return err
 			}
 			args = args[n*t.ncols:]

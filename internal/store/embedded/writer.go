@@ -38,8 +38,8 @@ type writer struct {
 type op struct {
 	sync syncer           // to make durable before the commit, or nil
 	fn   func(*wtx) error // runs inside the group's transaction
-	// rows, if set, are the rows fn inserts, as data: with other ops' rows
-	// they are inserted by a few multi-row INSERTs instead (see runPlain).
+	// rows, if set, are a new message's rows, which fn inserts: with other
+	// ops' rows they are inserted by a few multi-row INSERTs (see runPlain).
 	rows *newRows
 	done chan error
 }
@@ -96,16 +96,20 @@ func newWriter(db *sql.DB, maxBatch int) (*writer, error) {
 // durable (or failed). fn's own error rolls back only fn's writes. Once
 // handed over, an op is waited for even if ctx ends: its outcome is real.
 func (w *writer) do(ctx context.Context, sync syncer, fn func(*wtx) error) error {
-	return w.doRows(ctx, sync, fn, nil)
+	return w.send(ctx, &op{sync: sync, fn: fn})
 }
 
-// doRows is do for an op whose writes are inserting rows (fn inserts them
-// one statement at a time, for when the group runs op by op).
-func (w *writer) doRows(ctx context.Context, sync syncer, fn func(*wtx) error, rows *newRows) error {
+// doRows is do for inserting a new message's rows.
+func (w *writer) doRows(ctx context.Context, sync syncer, rows *newRows) error {
+	fn := func(tx *wtx) error { return insertRows(tx, []*newRows{rows}) }
+	return w.send(ctx, &op{sync: sync, fn: fn, rows: rows})
+}
+
+func (w *writer) send(ctx context.Context, o *op) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	o := &op{sync: sync, fn: fn, rows: rows, done: make(chan error, 1)}
+	o.done = make(chan error, 1)
 	w.mu.RLock()
 	if w.closed {
 		w.mu.RUnlock()
