@@ -734,7 +734,7 @@ func TestGroupWithFailingOp(t *testing.T) {
 	errs := runGroup(t, s, 5, func(i int) (syncer, func(*wtx) error) {
 		return nil, func(tx *wtx) error {
 			runs[i].Add(1)
-			if _, err := tx.insMessage.Exec(fmt.Sprintf("G%d", i), `{}`, 0); err != nil {
+			if err := insertRows(tx, []*newRows{{id: fmt.Sprintf("G%d", i), env: `{}`}}); err != nil {
 				return err
 			}
 			if i == 2 {
@@ -798,8 +798,7 @@ func TestGroupWithFailingSync(t *testing.T) {
 			sn = dirSync(s.dir)
 		}
 		return sn, func(tx *wtx) error {
-			_, err := tx.insMessage.Exec(fmt.Sprintf("S%d", i), `{}`, 0)
-			return err
+			return insertRows(tx, []*newRows{{id: fmt.Sprintf("S%d", i), env: `{}`}})
 		}
 	})
 	for i := range 4 {

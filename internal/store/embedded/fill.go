@@ -5,7 +5,6 @@ package embedded
 
 import (
 	"context"
-	"encoding/json"
 	"os"
 	"syscall"
 	"time"
@@ -30,56 +29,45 @@ type FillItem struct {
 // is durable); what is lost is only the per-message acknowledgement. For
 // benchmarks: the server never calls it. Ids must be new.
 func (s *Store) Fill(ctx context.Context, items []FillItem, body []byte) error {
-	type row struct {
-		id, env string
-		rcpts   map[string]string
-		next    int64
-		att     int
-		lastErr string
-		sg      *segment
-		off     int64
+	type place struct {
+		sg  *segment
+		off int64
 	}
-	rows := make([]row, 0, len(items))
+	rows := make([]*newRows, 0, len(items))
+	var placed []place // the segment appends, to settle after the commit
 	settle := func(committed bool) {
-		for _, r := range rows {
-			if r.sg != nil {
-				s.segs.settle(r.sg, r.off, int64(len(body)), committed)
-			}
+		for _, p := range placed {
+			s.segs.settle(p.sg, p.off, int64(len(body)), committed)
 		}
 	}
 	small := int64(len(body)) <= s.smallMax
-	if body == nil {
-		body = []byte{} // an empty blob, not NULL
-	}
 	for _, it := range items {
 		e := it.Env
 		if err := checkID(e.ID); err != nil {
+			settle(false)
 			return err
 		}
-		c := *e
-		c.Domains = nil
-		ej, err := json.Marshal(&c)
+		r, err := newMessage(e)
 		if err != nil {
+			settle(false)
 			return err
 		}
-		r := row{id: e.ID, env: string(ej), rcpts: map[string]string{}, next: sqlrow.Nanos(e.Received), att: it.Attempts, lastErr: it.LastErr}
+		next := sqlrow.Nanos(e.Received)
 		if !it.Next.IsZero() {
-			r.next = sqlrow.Nanos(it.Next)
+			next = sqlrow.Nanos(it.Next)
 		}
-		for dom, rs := range e.Domains {
-			b, err := json.Marshal(rs)
-			if err != nil {
-				return err
-			}
-			r.rcpts[dom] = string(b)
+		for i := range r.dels {
+			r.dels[i].next, r.dels[i].attempts, r.dels[i].lastErr = next, it.Attempts, it.LastErr
 		}
+		r.size = int64(len(body))
 		if small {
 			sg, off, err := s.segs.append(body)
 			if err != nil {
 				settle(false)
 				return err
 			}
-			r.sg, r.off = sg, off
+			placed = append(placed, place{sg, off})
+			r.inSeg, r.seg, r.off = true, int64(sg.n), off
 		} else if err := os.WriteFile(s.bodyPath(e.ID), body, 0o600); err != nil {
 			settle(false)
 			return err
@@ -87,24 +75,7 @@ func (s *Store) Fill(ctx context.Context, items []FillItem, body []byte) error {
 		rows = append(rows, r)
 	}
 	syscall.Sync() // sync(2): every body written above is durable
-	err := s.w.do(ctx, nil, func(tx *wtx) error {
-		for _, r := range rows {
-			if _, err := tx.insMessage.Exec(r.id, r.env, len(body)); err != nil {
-				return err
-			}
-			if r.sg != nil {
-				if _, err := tx.insSegBody.Exec(r.id, int64(r.sg.n), r.off, len(body)); err != nil {
-					return err
-				}
-			}
-			for dom, rc := range r.rcpts {
-				if _, err := tx.insDelivery.Exec(r.id, dom, rc, r.next, r.att, r.lastErr); err != nil {
-					return err
-				}
-			}
-		}
-		return nil
-	})
+	err := s.w.do(ctx, nil, func(tx *wtx) error { return insertRows(tx, rows) })
 	settle(err == nil)
 	return err
 }

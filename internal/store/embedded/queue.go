@@ -36,23 +36,9 @@ func (s *Store) Enqueue(ctx context.Context, env *store.Envelope, body io.Reader
 	if err := checkID(env.ID); err != nil {
 		return 0, err
 	}
-	if len(env.Domains) == 0 {
-		return 0, fmt.Errorf("embedded: message %s has no recipients", env.ID)
-	}
-	envJSON, err := store.EnvelopeJSON(env)
+	rows, err := newMessage(env)
 	if err != nil {
 		return 0, err
-	}
-	rcpts := make(map[string]string, len(env.Domains))
-	for dom, rs := range env.Domains {
-		if dom == "" || len(rs) == 0 {
-			return 0, fmt.Errorf("embedded: message %s: empty domain or recipient list", env.ID)
-		}
-		b, err := store.RecipientsJSON(rs)
-		if err != nil {
-			return 0, err
-		}
-		rcpts[dom] = string(b)
 	}
 	if err := ctx.Err(); err != nil {
 		return 0, err
@@ -66,7 +52,7 @@ func (s *Store) Enqueue(ctx context.Context, env *store.Envelope, body io.Reader
 		n, err := io.ReadFull(body, *bp) // len(*bp) == smallMax+1
 		switch {
 		case err == io.EOF || err == io.ErrUnexpectedEOF:
-			return s.enqueueSmall(ctx, env, string(envJSON), rcpts, (*bp)[:n])
+			return s.enqueueSmall(ctx, rows, (*bp)[:n])
 		case err != nil:
 			return 0, err
 		}
@@ -94,9 +80,8 @@ func (s *Store) Enqueue(ctx context.Context, env *store.Envelope, body io.Reader
 		return 0, err
 	}
 
-	err = s.w.do(ctx, dirSync(filepath.Dir(final)), func(tx *wtx) error {
-		return insertMessage(tx, env, string(envJSON), n, rcpts)
-	})
+	rows.size = n
+	err = s.w.doRows(ctx, dirSync(filepath.Dir(final)), rows)
 	if err != nil {
 		// No row points at the file (or the sweep will find it so).
 		_ = os.Remove(final)
@@ -106,19 +91,15 @@ func (s *Store) Enqueue(ctx context.Context, env *store.Envelope, body io.Reader
 }
 
 // enqueueSmall appends a body of at most the threshold to the current
-// segment, then commits envelope, deliveries and the body's segbodies row in
+// segment, then commits the message's rows, its segbodies row among them, in
 // one op of the writer's group (which fdatasyncs the segment first).
-func (s *Store) enqueueSmall(ctx context.Context, env *store.Envelope, envJSON string, rcpts map[string]string, data []byte) (int64, error) {
+func (s *Store) enqueueSmall(ctx context.Context, rows *newRows, data []byte) (int64, error) {
 	sg, off, err := s.segs.append(data)
 	if err != nil {
 		return 0, err
 	}
 	n := int64(len(data))
-	rows := &newRows{id: env.ID, env: envJSON, size: n, seg: int64(sg.n), off: off}
-	for dom, r := range rcpts {
-		next, attempts, lastErr := env.FirstSchedule(dom)
-		rows.dels = append(rows.dels, newDelivery{dom, r, sqlrow.Nanos(next), attempts, lastErr})
-	}
+	rows.size, rows.inSeg, rows.seg, rows.off = n, true, int64(sg.n), off
 	err = s.w.doRows(ctx, sg, rows)
 	s.segs.settle(sg, off, n, err == nil)
 	if err != nil {
@@ -127,21 +108,30 @@ func (s *Store) enqueueSmall(ctx context.Context, env *store.Envelope, envJSON s
 	return n, nil
 }
 
-// insertMessage inserts the messages row and the deliveries of a new
-// message (due at its arrival, or as env.Deferred says). A taken id is an
-// error.
-func insertMessage(tx *wtx, env *store.Envelope, envJSON string, size int64, rcpts map[string]string) error {
-	id := env.ID
-	if _, err := tx.insMessage.Exec(id, envJSON, size); err != nil {
-		return duplicateID(err, id)
+// newMessage checks env and makes the rows that store it (size and body
+// place to be filled in): the envelope without Domains as JSON, and per
+// domain the recipients as JSON, due at arrival or as env.Deferred says.
+func newMessage(env *store.Envelope) (*newRows, error) {
+	if len(env.Domains) == 0 {
+		return nil, fmt.Errorf("embedded: message %s has no recipients", env.ID)
 	}
-	for dom, r := range rcpts {
-		next, attempts, lastErr := env.FirstSchedule(dom)
-		if _, err := tx.insDelivery.Exec(id, dom, r, sqlrow.Nanos(next), attempts, lastErr); err != nil {
-			return err
+	envJSON, err := store.EnvelopeJSON(env)
+	if err != nil {
+		return nil, err
+	}
+	r := &newRows{id: env.ID, env: string(envJSON)}
+	for dom, rs := range env.Domains {
+		if dom == "" || len(rs) == 0 {
+			return nil, fmt.Errorf("embedded: message %s: empty domain or recipient list", env.ID)
 		}
+		b, err := store.RecipientsJSON(rs)
+		if err != nil {
+			return nil, err
+		}
+		next, attempts, lastErr := env.FirstSchedule(dom)
+		r.dels = append(r.dels, newDelivery{dom, string(b), sqlrow.Nanos(next), attempts, lastErr})
 	}
-	return nil
+	return r, nil
 }
 
 // duplicateID says which id is taken when err, from inserting the messages
@@ -154,11 +144,12 @@ func duplicateID(err error, id string) error {
 	return err
 }
 
-// newRows are the rows of a new message with its body in a segment:
-// messages, segbodies and one deliveries row per domain.
+// newRows are the rows of a new message: messages, segbodies if its body
+// is in a segment, and one deliveries row per domain.
 type newRows struct {
 	id, env  string
 	size     int64
+	inSeg    bool
 	seg, off int64
 	dels     []newDelivery
 }
@@ -181,7 +172,9 @@ func insertRows(tx *wtx, rows []*newRows) error {
 	var msgs, segs, dels []any
 	for _, r := range rows {
 		msgs = append(msgs, r.id, r.env, r.size)
-		segs = append(segs, r.id, r.seg, r.off, r.size)
+		if r.inSeg {
+			segs = append(segs, r.id, r.seg, r.off, r.size)
+		}
 		for _, d := range r.dels {
 			dels = append(dels, r.id, d.domain, d.rcpts, d.next, d.attempts, d.lastErr)
 		}

@@ -19,10 +19,7 @@ const selectDeliveries = `SELECT d.id, d.domain, d.recipients, d.attempts, d.nex
 
 // Statements of the writer (?1… as in each SQL text).
 const (
-	insMessageSQL  = `INSERT INTO messages (id, envelope, size) VALUES (?, ?, ?)`
-	insSegBodySQL  = `INSERT INTO segbodies (id, seg, off, len) VALUES (?, ?, ?, ?)`
-	insDeliverySQL = `INSERT INTO deliveries (id, domain, recipients, next_attempt, attempts, last_error) VALUES (?, ?, ?, ?, ?, ?)`
-	claimLeaseSQL  = `
+	claimLeaseSQL = `
 			INSERT INTO leases (domain, owner, token, expires) VALUES (?, ?, 1, ?)
 			ON CONFLICT (domain) DO UPDATE SET owner = excluded.owner, token = leases.token + 1, expires = excluded.expires
 			RETURNING token`
@@ -66,7 +63,6 @@ const (
 type wstmts struct {
 	begin, commit, rollback, savepoint, releaseOp, rollbackTo *sql.Stmt
 
-	insMessage, insSegBody, insDelivery                   *sql.Stmt
 	claimFront, claimWalk, claimLease, claimDeliveries    *sql.Stmt
 	leaseHeld, renew, release                             *sql.Stmt
 	completeRows, updDelivery, delDeliveries, delMessages *sql.Stmt
@@ -124,9 +120,6 @@ func prepareWriter(ctx context.Context, conn *sql.Conn) (*wstmts, error) {
 		{&st.savepoint, `SAVEPOINT op`},
 		{&st.releaseOp, `RELEASE op`},
 		{&st.rollbackTo, `ROLLBACK TO op`},
-		{&st.insMessage, insMessageSQL},
-		{&st.insSegBody, insSegBodySQL},
-		{&st.insDelivery, insDeliverySQL},
 		{&st.claimFront, claimFrontSQL},
 		{&st.claimWalk, claimWalkSQL},
 		{&st.claimLease, claimLeaseSQL},

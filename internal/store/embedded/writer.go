@@ -279,21 +279,29 @@ func (w *writer) runPlain(tx *wtx, batch []*op, errs []error) bool {
 	}
 	// The new messages' rows go in first, a few statements for all of them
 	// (per row, a statement of its own cost more than the row: 3 per
-	// message). If that fails, so does the group, which then runs op by op.
+	// message). If that fails, so does the group, which then runs op by op
+	// (fn inserts one message's rows).
 	var rows []*newRows
+	first := -1
 	for i, o := range batch {
 		if errs[i] == nil && o.rows != nil {
 			rows = append(rows, o.rows)
+			if first < 0 {
+				first = i
+			}
 		}
 	}
-	together := len(rows) > 1
-	if together {
+	if len(rows) > 0 {
 		if err := insertRows(tx, rows); err != nil {
-			return false // live > 1
+			if live > 1 {
+				return false
+			}
+			errs[first] = err
+			return true
 		}
 	}
 	for i, o := range batch {
-		if errs[i] != nil || together && o.rows != nil {
+		if errs[i] != nil || o.rows != nil {
 			continue
 		}
 		if err := o.fn(tx); err != nil {
