@@ -162,22 +162,18 @@ func (s *Scheduler) Flushed() {
 // whose primary refused us with why (made once, when the domain is marked).
 func suspended(why error) string { return "delivery temporarily suspended: " + why.Error() }
 
-// setDown remembers whether a configured domain's primary is down (why is
-// not nil) and why. Only configured domains are kept, so the map is bounded
-// by the configuration.
-func (s *Scheduler) setDown(domain string, why error) {
+// markUp forgets that a domain's primary was down.
+func (s *Scheduler) markUp(domain string) {
 	s.init()
 	s.downMu.Lock()
-	defer s.downMu.Unlock()
-	if why != nil && s.Config.Domain(domain) != nil {
-		s.down[domain] = suspended(why)
-	} else {
-		delete(s.down, domain)
-	}
+	delete(s.down, domain)
+	s.downMu.Unlock()
 }
 
 // markDown remembers that a domain's primary refused an attempt begun at
-// flush count epoch, unless a flush has come since (the primary may be back).
+// flush count epoch, unless a flush has come since (the primary may be
+// back). Only configured domains are kept, so the map is bounded by the
+// configuration.
 // A work cycle calls it at the first refusal, so that mail arriving for the
 // domain while the cycle defers what it claimed is deferred by Arrival, not
 // claimed and tried by the same cycle.
@@ -627,7 +623,7 @@ func (c *cycle) close() {
 	if down != nil {
 		c.s.markDown(c.lease.Domain, down, since)
 	} else {
-		c.s.setDown(c.lease.Domain, nil)
+		c.s.markUp(c.lease.Domain)
 	}
 }
 

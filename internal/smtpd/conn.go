@@ -690,7 +690,7 @@ func (c *conn) startLookup() {
 	c.nameOnce.Do(func() {
 		// A cached answer (the usual case: the same senders come back)
 		// needs no goroutine; a look-up runs while the dialogue goes on.
-		if name, ok := c.s.names.get(c.ip, c.s.now()); ok || !c.ip.IsValid() {
+		if name, ok := c.s.knownName(c.ip); ok {
 			c.name, c.nameDone = name, doneChan
 			return
 		}

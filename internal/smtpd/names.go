@@ -63,13 +63,19 @@ func (c *nameCache) put(ip netip.Addr, name string, now time.Time) {
 // verifiedName returns ip's reverse DNS name if that name resolves back to
 // ip (forward-confirmed), else "". Answers are cached (nameCache).
 func (s *Server) verifiedName(ip netip.Addr) string {
-	if !ip.IsValid() {
-		return ""
-	}
-	if name, ok := s.names.get(ip, s.now()); ok {
+	if name, ok := s.knownName(ip); ok {
 		return name
 	}
 	name := s.lookupName(ip)
 	s.names.put(ip, name, s.now())
 	return name
+}
+
+// knownName answers for ip without DNS when it can: from the cache, or ""
+// for an address that is not one.
+func (s *Server) knownName(ip netip.Addr) (string, bool) {
+	if !ip.IsValid() {
+		return "", true
+	}
+	return s.names.get(ip, s.now())
 }
