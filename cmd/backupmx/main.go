@@ -26,6 +26,7 @@ import (
 	"backupmx/internal/config"
 	"backupmx/internal/dnsbl"
 	"backupmx/internal/dnsres"
+	"backupmx/internal/logsink"
 	"backupmx/internal/queue"
 	"backupmx/internal/recipients"
 	"backupmx/internal/relay"
@@ -150,7 +151,12 @@ func serve(args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
-	log := newLogger(cfg.Log, stderr)
+	// Connections hand their log lines to the sink's goroutine instead of
+	// each writing its own (internal/logsink); serve writes what is left
+	// before it returns.
+	sink := logsink.New(stderr)
+	defer sink.Close()
+	log := newLogger(cfg.Log, sink)
 	if os.Getenv("GOGC") == "" {
 		// The live heap is small (the queue lives on disk) and most of what
 		// is allocated is message data passing through: collecting at 200%
