@@ -544,6 +544,9 @@ func (c *conn) Write(p []byte) (int, error) {
 	return out.Write(p)
 }
 
+// helloPrefixes start go-smtp's replies to EHLO and to HELO.
+var helloPrefixes = [][]byte{[]byte("250-Hello "), []byte("250 2.0.0 Hello ")}
+
 // greetingReply puts our name first in go-smtp's reply to EHLO and HELO
 // ("250-Hello client" and "250 2.0.0 Hello client"), as RFC 5321 §4.1.1.1
 // requires: "250" SP Domain [ SP greeting ]. go-smtp writes each reply in one
@@ -552,8 +555,8 @@ func (c *conn) Write(p []byte) (int, error) {
 // commands after its first line: ETRN (RFC 1985 §3) when the server can
 // flush, and STARTTLS while there is a certificate and no TLS yet.
 func (c *conn) greetingReply(p []byte) ([]byte, bool) {
-	for _, prefix := range []string{"250-Hello ", "250 2.0.0 Hello "} {
-		rest, ok := bytes.CutPrefix(p, []byte(prefix))
+	for _, prefix := range helloPrefixes {
+		rest, ok := bytes.CutPrefix(p, prefix)
 		if !ok {
 			continue
 		}
@@ -704,21 +707,57 @@ func (c *conn) startLookup() {
 
 // parseCmd splits a command line the way go-smtp does (conn must agree with it
 // on what each line is), plus the XCLIENT and XFORWARD lines conn answers.
+// Only the argument is copied out of line (each line is parsed twice).
 func parseCmd(line []byte) (cmd, arg string) {
-	s := strings.TrimRight(string(line), "\r\n")
+	b := bytes.TrimRight(line, "\r\n")
 	switch {
-	case len(s) >= 8 && strings.EqualFold(s[:8], "STARTTLS"):
+	case len(b) >= 8 && bytes.EqualFold(b[:8], []byte("STARTTLS")):
 		return "STARTTLS", ""
-	case len(s) >= 7 && strings.EqualFold(s[:7], "XCLIENT"), len(s) >= 8 && strings.EqualFold(s[:8], "XFORWARD"):
+	case len(b) >= 7 && bytes.EqualFold(b[:7], []byte("XCLIENT")), len(b) >= 8 && bytes.EqualFold(b[:8], []byte("XFORWARD")):
 		// go-smtp has no such commands (it answers 501); conn refuses them.
-		cmd, arg, _ := strings.Cut(s, " ")
+		cmd, arg, _ := strings.Cut(string(b), " ")
 		return strings.ToUpper(cmd), strings.TrimSpace(arg)
-	case len(s) == 4:
-		return strings.ToUpper(s), ""
-	case len(s) > 5 && s[4] == ' ':
-		return strings.ToUpper(s[:4]), strings.TrimSpace(s[5:])
+	case len(b) == 4:
+		return verb(b), ""
+	case len(b) > 5 && b[4] == ' ':
+		return verb(b[:4]), string(bytes.TrimSpace(b[5:]))
 	}
 	return "", ""
+}
+
+// verb is a four-letter command in upper case; the usual ones without an
+// allocation.
+func verb(b []byte) string {
+	var u [4]byte
+	for i, c := range b[:4] {
+		if 'a' <= c && c <= 'z' {
+			c -= 'a' - 'A'
+		}
+		u[i] = c
+	}
+	switch string(u[:]) {
+	case "EHLO":
+		return "EHLO"
+	case "HELO":
+		return "HELO"
+	case "MAIL":
+		return "MAIL"
+	case "RCPT":
+		return "RCPT"
+	case "DATA":
+		return "DATA"
+	case "BDAT":
+		return "BDAT"
+	case "QUIT":
+		return "QUIT"
+	case "RSET":
+		return "RSET"
+	case "NOOP":
+		return "NOOP"
+	case "ETRN":
+		return "ETRN"
+	}
+	return string(u[:])
 }
 
 // chunkSize parses BDAT's arguments as go-smtp does: ok means go-smtp will

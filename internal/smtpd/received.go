@@ -67,10 +67,25 @@ func (s *Server) receivedHeader(env *store.Envelope, ts *tls.ConnectionState) st
 // headerSafe keeps client-supplied text from breaking the header: no
 // controls, spaces or comment delimiters; non-ASCII only in UTF-8 form.
 func headerSafe(s string) string {
+	if headerSafeASCII(s) {
+		return s // the usual case, without a function call per rune
+	}
 	return strings.Map(func(r rune) rune {
 		if r <= ' ' || r == 0x7f || r == '(' || r == ')' || r == '\\' || r == ';' || r == '\uFFFD' {
 			return '?'
 		}
 		return r
 	}, s)
+}
+
+// headerSafeASCII reports whether headerSafe leaves s as it is because it
+// is printable ASCII without comment delimiters.
+func headerSafeASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c <= ' ' || c >= 0x7f, c == '(', c == ')', c == '\\', c == ';':
+			return false
+		}
+	}
+	return true
 }

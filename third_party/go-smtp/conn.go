@@ -284,7 +284,7 @@ func (c *Conn) handleGreet(enhanced bool, arg string) {
 	}
 
 	if !enhanced {
-		c.writeResponse(250, EnhancedCode{2, 0, 0}, fmt.Sprintf("Hello %s", domain))
+		c.writeResponse(250, EnhancedCode{2, 0, 0}, "Hello "+domain)
 		return
 	}
 
@@ -322,12 +322,12 @@ func (c *Conn) handleGreet(enhanced bool, arg string) {
 		caps = append(caps, "DSN")
 	}
 	if c.server.MaxMessageBytes > 0 {
-		caps = append(caps, fmt.Sprintf("SIZE %v", c.server.MaxMessageBytes))
+		caps = append(caps, "SIZE "+strconv.FormatInt(c.server.MaxMessageBytes, 10))
 	} else {
 		caps = append(caps, "SIZE")
 	}
 	if c.server.MaxRecipients > 0 {
-		caps = append(caps, fmt.Sprintf("LIMITS RCPTMAX=%v", c.server.MaxRecipients))
+		caps = append(caps, "LIMITS RCPTMAX="+strconv.Itoa(c.server.MaxRecipients))
 	}
 	if c.server.EnableRRVS {
 		caps = append(caps, "RRVS")
@@ -482,7 +482,7 @@ func (c *Conn) handleMail(arg string) {
 		return
 	}
 
-	c.writeResponse(250, EnhancedCode{2, 0, 0}, fmt.Sprintf("Roger, accepting mail from <%v>", from))
+	c.writeResponse(250, EnhancedCode{2, 0, 0}, "Roger, accepting mail from <"+from+">")
 	c.fromReceived = true
 }
 
@@ -826,7 +826,7 @@ func (c *Conn) handleRcpt(arg string) {
 		return
 	}
 	c.recipients = append(c.recipients, recipient)
-	c.writeResponse(250, EnhancedCode{2, 0, 0}, fmt.Sprintf("I'll make sure <%v> gets this", recipient))
+	c.writeResponse(250, EnhancedCode{2, 0, 0}, "I'll make sure <"+recipient+"> gets this")
 }
 
 func checkNotifySet(values []DSNNotify) error {
@@ -1325,7 +1325,7 @@ func (c *Conn) greet() {
 	if c.server.LMTP {
 		protocol = "LMTP"
 	}
-	c.writeResponse(220, NoEnhancedCode, fmt.Sprintf("%v %s Service Ready", c.server.Domain, protocol))
+	c.writeResponse(220, NoEnhancedCode, c.server.Domain+" "+protocol+" Service Ready")
 }
 
 func (c *Conn) writeResponse(code int, enhCode EnhancedCode, text ...string) {
