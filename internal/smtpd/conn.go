@@ -456,13 +456,23 @@ func (c *conn) scanData() (n int, end bool) {
 				c.data = dataText
 			}
 		case dataText:
-			// Jump to the next CR: nothing else matters mid-line.
-			j := bytes.IndexByte(buf[i:], '\r')
-			if j < 0 {
-				return len(buf), false
+			// Jump to the next CR: nothing else matters mid-line. A CRLF
+			// followed by a line that starts with neither "." nor CR is
+			// passed over at once (most lines), without the byte-by-byte
+			// states.
+			for {
+				j := bytes.IndexByte(buf[i:], '\r')
+				if j < 0 {
+					return len(buf), false
+				}
+				i += j
+				if i+2 < len(buf) && buf[i+1] == '\n' && buf[i+2] != '.' && buf[i+2] != '\r' {
+					i += 3 // mid-line again, after the next line's first byte
+					continue
+				}
+				c.data = dataCR
+				break
 			}
-			i += j
-			c.data = dataCR
 		}
 	}
 	return len(buf), false
