@@ -232,7 +232,7 @@ func serveConfig(cfg *config.Config, log *slog.Logger) error {
 	}
 	var adminSrv *http.Server
 	if cfg.Admin.Listen != "" {
-		a := &admin.Server{Store: st, Token: cfg.Admin.Token, Log: log, Kick: sched.Flushed, Stats: door.stats.Snapshot, Pprof: cfg.Admin.Pprof}
+		a := &admin.Server{Store: st, Token: cfg.Admin.Token, Log: log, Kick: sched.Kick, Flushing: sched.Flushing, Stats: door.stats.Snapshot, Pprof: cfg.Admin.Pprof}
 		l, err := net.Listen("tcp", cfg.Admin.Listen)
 		if err != nil {
 			return fmt.Errorf("admin listener: %w", err)

@@ -28,6 +28,7 @@ type fakeStore struct {
 	bodies   map[string]string
 	maxLimit int
 	failWith error
+	changes  atomic.Int32 // Flush and Unhold calls
 }
 
 func newFakeStore() *fakeStore { return &fakeStore{bodies: map[string]string{}} }
@@ -92,6 +93,7 @@ func (f *fakeStore) Body(ctx context.Context, id string) (io.ReadCloser, error) 
 }
 
 func (f *fakeStore) Flush(ctx context.Context, flt store.Filter, now time.Time) (int, error) {
+	f.changes.Add(1)
 	return f.update(flt, func(d *store.Delivery) bool {
 		if d.Held {
 			return false
@@ -110,6 +112,7 @@ func (f *fakeStore) Hold(ctx context.Context, flt store.Filter) (int, error) {
 }
 
 func (f *fakeStore) Unhold(ctx context.Context, flt store.Filter, now time.Time) (int, error) {
+	f.changes.Add(1)
 	return f.update(flt, func(d *store.Delivery) bool {
 		if !d.Held {
 			return false
@@ -165,16 +168,24 @@ type fixture struct {
 	srv    *httptest.Server
 	client *Client
 	kicks  *atomic.Int32
+	// flushings counts Flushing calls; early those made before the store
+	// changed (the fake store's flushes counter had not moved yet).
+	flushings, early *atomic.Int32
 }
 
 func newFixture(t *testing.T, token string) *fixture {
 	t.Helper()
-	fx := &fixture{st: newFakeStore(), kicks: new(atomic.Int32)}
+	fx := &fixture{st: newFakeStore(), kicks: new(atomic.Int32), flushings: new(atomic.Int32), early: new(atomic.Int32)}
 	s := &Server{
 		Store: fx.st,
 		Token: token,
 		Now:   func() time.Time { return testNow },
 		Kick:  func() { fx.kicks.Add(1) },
+	}
+	s.Flushing = func() {
+		if fx.flushings.Add(1) == fx.st.changes.Load()+1 {
+			fx.early.Add(1)
+		}
 	}
 	fx.srv = httptest.NewServer(s.Handler())
 	t.Cleanup(fx.srv.Close)
@@ -359,6 +370,9 @@ func TestFlush(t *testing.T) {
 	}
 	if k := fx.kicks.Load(); k != 4 {
 		t.Errorf("%d kicks, want 4", k)
+	}
+	if n, early := fx.flushings.Load(), fx.early.Load(); n != 4 || early != 4 {
+		t.Errorf("Flushing told %d times, %d of them before the store changed; want 4, 4", n, early)
 	}
 	items, _, _ := fx.client.List(t.Context(), store.Filter{ID: id(2)}, "", 0)
 	for _, it := range items {

@@ -20,7 +20,8 @@
 //	POST   /v1/hold?domain=&id=             {"changed": n}: at least one of domain, id is required
 //	POST   /v1/release?domain=&id=          {"changed": n}: unhold and make due now
 //
-// Flush and release wake the scheduler through Kick. Domains are normalised
+// Flush and release tell the scheduler through Flushing before they change
+// the store and wake it through Kick after. Domains are normalised
 // (lower-case A-labels) before they reach the store. limit defaults to 100 and
 // is at most 1000.
 package admin
@@ -95,6 +96,11 @@ type Server struct {
 	Log   *slog.Logger     // nil: discard
 	Now   func() time.Time // nil: time.Now
 	Kick  func()           // wakes the scheduler after flush and release; may be nil
+	// Flushing is told before a flush or release changes the store (the
+	// scheduler presumes every domain up again: mail the door stores
+	// meanwhile for a domain it deferred is then flushed once durable,
+	// see queue.Scheduler.Arrival); may be nil.
+	Flushing func()
 	// Stats returns the door's counters (rejections per rule, dnsbl_error);
 	// nil: GET /v1/stats answers an empty set.
 	Stats func() map[string]uint64
@@ -271,6 +277,7 @@ func (s *Server) flush(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	s.flushing()
 	n, err := s.Store.Flush(r.Context(), f, s.now())
 	if err != nil {
 		s.storeError(w, r, err)
@@ -300,6 +307,7 @@ func (s *Server) release(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	s.flushing()
 	n, err := s.Store.Unhold(r.Context(), f, s.now())
 	if err != nil {
 		s.storeError(w, r, err)
@@ -362,6 +370,12 @@ func (s *Server) now() time.Time {
 		return time.Now()
 	}
 	return s.Now()
+}
+
+func (s *Server) flushing() {
+	if s.Flushing != nil {
+		s.Flushing()
+	}
 }
 
 func (s *Server) kick() {

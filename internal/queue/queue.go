@@ -147,15 +147,18 @@ func (s *Scheduler) queued(domains []string, deferred map[string]store.Deferral,
 	}
 }
 
-// Flushed is told that mail was made due by someone else (the admin API's
-// flush or release): every domain is presumed up again, and the loop wakes.
-func (s *Scheduler) Flushed() {
+// Flushing is told that someone else (the admin API's flush or release) is
+// about to make mail due: every domain is presumed up again, and the flush
+// is counted, before the store changes. So a message the door is storing
+// meanwhile, deferred at arrival for a domain then known down, is flushed
+// again once durable (see Arrival) rather than left for the next probe. The
+// caller wakes the loop with Kick once the store has changed.
+func (s *Scheduler) Flushing() {
 	s.init()
 	s.downMu.Lock()
 	clear(s.down)
 	s.flushes.Add(1) // with the clear: see FlushDomain
 	s.downMu.Unlock()
-	s.Kick()
 }
 
 // suspended is the last_error of mail deferred at arrival for a domain
