@@ -49,6 +49,9 @@ type Scheduler struct {
 	// PollInterval bounds how long the loop sleeps without looking at the
 	// store (other nodes may have added work). Default 30s.
 	PollInterval time.Duration
+	// ProbeBudget is how long one probe may take. 0: min(queue.connect_timeout,
+	// 10 s) + 5 s for the greeting.
+	ProbeBudget time.Duration
 
 	once    sync.Once
 	kick    chan struct{}
@@ -309,11 +312,16 @@ func (s *Scheduler) probeAll(ctx context.Context) {
 		s.Log.Error("probe: listing waiting domains failed", "err", err)
 		return
 	}
-	// A probe only asks "are you there?": a short budget and many at once,
-	// so that a round over thousands of down domains whose primaries drop
-	// packets (each probe then waits its whole budget) still fits in minutes.
-	budget := min(s.Config.Queue.ConnectTimeout.D(), 10*time.Second) + 5*time.Second
-	sem := make(chan struct{}, 64)
+	// A probe only asks "are you there?": a short budget, and as many at
+	// once as the pace can start within one budget (up to maxProbes), so
+	// that primaries that drop packets (each probe then waits its whole
+	// budget) slow a round no more than refusing ones: 10,000 of them take
+	// ~2.5 min at the defaults, not 10,000 / 64 × 15 s ≈ 40 min.
+	budget := s.ProbeBudget
+	if budget <= 0 {
+		budget = min(s.Config.Queue.ConnectTimeout.D(), 10*time.Second) + 5*time.Second
+	}
+	sem := make(chan struct{}, probeConcurrency(s.Config.Queue.ProbeRate, budget))
 	// Starts are paced at Queue.ProbeRate a second: thousands of down
 	// domains are probed in a longer round, not in a burst every interval.
 	pace := time.NewTicker(time.Second / time.Duration(max(s.Config.Queue.ProbeRate, 1)))
@@ -349,6 +357,16 @@ func (s *Scheduler) probeAll(ctx context.Context) {
 		}()
 	}
 	wg.Wait()
+}
+
+// maxProbes bounds the probes in flight: each holds a socket.
+const maxProbes = 1024
+
+// probeConcurrency is how many probes may be in flight: what rate starts a
+// second over one budget (at least 16, at most maxProbes).
+func probeConcurrency(rate int, budget time.Duration) int {
+	secs := int((budget + time.Second - 1) / time.Second)
+	return min(max(max(rate, 1)*secs, 16), maxProbes)
 }
 
 // retention is how long mail for the domain is held before a DSN.

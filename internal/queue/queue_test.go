@@ -41,16 +41,18 @@ type sent struct {
 // fakeNet plays every primary and notice host: a domain is up or down, and a
 // recipient may be given a fixed reply.
 type fakeNet struct {
-	mu      sync.Mutex
-	up      map[string]bool
-	replies map[string]relay.Reply // recipient → reply instead of 250
-	got     []sent
-	probes  int
-	probeAt []time.Time         // when each probe started
-	noDSN   bool                // the primaries do not support DSN
-	onDial  func(domain string) // called (unlocked) before each dial
-	refuse  int                 // refuse this many dials even to domains up
-	onSend  func()              // called (unlocked) at the start of each Send
+	mu                    sync.Mutex
+	up                    map[string]bool
+	replies               map[string]relay.Reply // recipient → reply instead of 250
+	got                   []sent
+	probes                int
+	probeAt               []time.Time         // when each probe started
+	noDSN                 bool                // the primaries do not support DSN
+	onDial                func(domain string) // called (unlocked) before each dial
+	refuse                int                 // refuse this many dials even to domains up
+	onSend                func()              // called (unlocked) at the start of each Send
+	silent                bool                // probes get no answer: they wait until their budget ends
+	inFlight, maxInFlight int                 // probes under way, and the most at once
 }
 
 func newFakeNet() *fakeNet {
@@ -89,7 +91,19 @@ func (n *fakeNet) Probe(ctx context.Context, domain string) error {
 	n.mu.Lock()
 	n.probes++
 	n.probeAt = append(n.probeAt, time.Now())
+	silent := n.silent
+	n.inFlight++
+	n.maxInFlight = max(n.maxInFlight, n.inFlight)
 	n.mu.Unlock()
+	defer func() {
+		n.mu.Lock()
+		n.inFlight--
+		n.mu.Unlock()
+	}()
+	if silent { // a primary that drops SYNs
+		<-ctx.Done()
+		return ctx.Err()
+	}
 	s, err := n.Dial(ctx, domain)
 	if err == nil {
 		s.Close()
@@ -409,6 +423,59 @@ func TestProbesPaced(t *testing.T) {
 		// 20 a second: 50 ms apart (a ticker may fire a little early).
 		if gap := at[i].Sub(at[i-1]); gap < 40*time.Millisecond {
 			t.Errorf("probes %d and %d started %v apart, want ≥ 50 ms", i-1, i, gap)
+		}
+	}
+}
+
+// TestSilentPrimariesProbedTogether: probes of primaries that never answer
+// (dropped SYNs) wait their whole budget; the round starts them at its pace
+// without waiting for earlier ones to time out (it held 64 at a time, so
+// 10,000 such domains took 40 minutes a round).
+func TestSilentPrimariesProbedTogether(t *testing.T) {
+	var extra strings.Builder
+	extra.WriteString("probe_rate = 1000\n")
+	const n = 100
+	for i := range n {
+		fmt.Fprintf(&extra, "[[domain]]\nname = \"d%d.test\"\nprimary = [\"127.0.0.1:2526\"]\n", i)
+	}
+	h := newHarness(t, extra.String())
+	for i := range n {
+		h.enqueue("alice@sender.test", fmt.Sprintf("bob@d%d.test", i))
+	}
+	h.runDue() // every primary is down: all deferred, waiting
+	h.net.mu.Lock()
+	h.net.silent = true
+	h.net.probes = 0
+	h.net.mu.Unlock()
+	h.s.ProbeBudget = time.Second
+	h.s.probeAll(context.Background())
+	h.net.mu.Lock()
+	probes, most := h.net.probes, h.net.maxInFlight
+	h.net.mu.Unlock()
+	if probes != n {
+		t.Fatalf("%d probes, want %d", probes, n)
+	}
+	// Started 1 ms apart, each waiting 1 s: all of them at once unless
+	// the round holds them back (a very slow machine may let a few end).
+	if most < n*3/4 {
+		t.Fatalf("at most %d probes in flight of %d", most, n)
+	}
+}
+
+func TestProbeConcurrency(t *testing.T) {
+	for _, tc := range []struct {
+		rate   int
+		budget time.Duration
+		want   int
+	}{
+		{100, 15 * time.Second, maxProbes}, // the defaults: 1,500, bounded
+		{20, 15 * time.Second, 300},
+		{1, 5 * time.Second, 16},
+		{10, 1500 * time.Millisecond, 20},
+		{0, time.Second, 16},
+	} {
+		if got := probeConcurrency(tc.rate, tc.budget); got != tc.want {
+			t.Errorf("probeConcurrency(%d, %v) = %d, want %d", tc.rate, tc.budget, got, tc.want)
 		}
 	}
 }
