@@ -62,10 +62,10 @@ const quitTimeout = 10 * time.Second
 // XFORWARD. TLS follows the domain's policy (config.Domain.TLS): "may" tries
 // STARTTLS without checking the certificate and falls back to plain text,
 // "encrypt" never sends in plain text, "verify" also checks the certificate
-// for the host name against tls_ca or the system roots. Not done:
-// converting 8-bit bodies for a primary without 8BITMIME (they wait, 4.6.3),
-// downgrading SMTPUTF8 (refused, 5.6.7), ORCPT values that are not printable
-// ASCII (left out).
+// for the host name against tls_ca or the system roots. An 8-bit body for a
+// primary without 8BITMIME is converted to 7 bit (internal/downgrade). Not
+// done: downgrading SMTPUTF8 (refused, 5.6.7), ORCPT values that are not
+// printable ASCII (left out).
 // The zero value of every field but Config is usable; Config may be nil (then
 // every domain is routed as a notice destination).
 type Client struct {

@@ -137,6 +137,31 @@ func TestSendWithoutDSNOmitsDSNParameters(t *testing.T) {
 	}
 }
 
+// A primary without 8BITMIME gets an 8-bit message converted to 7 bit
+// (RFC 6152 §3), without BODY=, with the SIZE of what it is sent.
+func TestEightBitConvertedForSevenBitPrimary(t *testing.T) {
+	f := startFake(t, "127.0.0.1", nil, "SIZE 10000000", "PIPELINING")
+	s, err := newTestClient(t, f.addr()).Dial(ctxT(t), "example.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	d := delivery("a@example.test")
+	msg := "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n.d\xc3\xa9j\xc3\xa0 vu\r\n"
+	res, err := s.Send(ctxT(t), d, strings.NewReader(msg))
+	if err != nil || !slices.Equal(res.Accepted, []string{"a@example.test"}) {
+		t.Fatalf("Send = %+v, %v", res, err)
+	}
+	tx := f.transactions()[0]
+	want := "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n.d=C3=A9j=C3=A0 vu\r\n"
+	if tx.body != want {
+		t.Errorf("body = %q, want %q", tx.body, want)
+	}
+	if wantMail := "MAIL FROM:<s@sender.test> SIZE=" + strconv.Itoa(len(want)); tx.mail != wantMail {
+		t.Errorf("MAIL %q, want %q", tx.mail, wantMail)
+	}
+}
+
 // Each failure mode of a transaction is one entry.
 func TestSendFailureModes(t *testing.T) {
 	tests := []struct {
@@ -144,6 +169,7 @@ func TestSendFailureModes(t *testing.T) {
 		script   script
 		ext      []string // nil = the default set
 		envelope func(*store.Envelope)
+		body     string // "" = body
 		accepted []string
 		rejected []string
 		deferred []string
@@ -186,7 +212,7 @@ func TestSendFailureModes(t *testing.T) {
 		{name: "SMTPUTF8 needed, not offered", ext: []string{"8BITMIME", "DSN"},
 			envelope: func(e *store.Envelope) { e.UTF8 = true },
 			rejected: []string{"a@example.test", "b@example.test"}, code: 554, noMAIL: true},
-		{name: "8BITMIME needed, not offered", ext: []string{"DSN"},
+		{name: "8BITMIME needed, not offered, 8-bit header", ext: []string{"DSN"}, body: "Subject: caf\xc3\xa9\n\nbody\n",
 			deferred: []string{"a@example.test", "b@example.test"}, code: 450, noMAIL: true},
 	}
 	for _, tt := range tests {
@@ -209,7 +235,11 @@ func TestSendFailureModes(t *testing.T) {
 				if tt.envelope != nil {
 					tt.envelope(&d.Envelope)
 				}
-				res, err := s.Send(ctxT(t), d, strings.NewReader(body))
+				msg := body
+				if tt.body != "" {
+					msg = tt.body
+				}
+				res, err := s.Send(ctxT(t), d, strings.NewReader(msg))
 				if (err != nil) != tt.wantErr {
 					t.Fatalf("err = %v, wantErr %v", err, tt.wantErr)
 				}

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"backupmx/internal/downgrade"
 	"backupmx/internal/store"
 )
 
@@ -84,10 +86,21 @@ func (s *session) send(ctx context.Context, d *store.Delivery, body io.Reader) (
 		// RFC 6531 §3.4: we can't downgrade, so the message can't go this way.
 		return allOf(d, localReply(554, "5.6.7", s.host+" does not support SMTPUTF8")), nil
 	}
+	size := d.Size
 	if strings.EqualFold(env.Body, "8BITMIME") && !sc.has("8BITMIME") {
-		// RFC 6152 §3 would allow converting to 7 bit; we don't (yet), and
-		// wait for a primary that takes 8-bit data.
-		return allOf(d, localReply(450, "4.6.3", s.host+" does not support 8BITMIME")), nil
+		// RFC 6152 §3: converted to 7 bit (internal/downgrade), in memory:
+		// rare (a primary without 8BITMIME), and it must succeed before
+		// the transaction starts. A header with 8-bit bytes cannot be
+		// converted: the mail waits for a primary that takes 8-bit data.
+		var conv bytes.Buffer
+		if err := downgrade.Convert(&conv, body); err != nil {
+			if errors.Is(err, downgrade.ErrHeader) {
+				return allOf(d, localReply(450, "4.6.3", s.host+" does not support 8BITMIME, and a header has 8-bit bytes")), nil
+			}
+			return allOf(d, localReply(451, "4.3.0", "reading message from the queue: "+err.Error())), nil
+		}
+		s.c.log().Info("converted to 7 bit", "id", d.ID, "host", s.host, "size", conv.Len())
+		body, size = &conv, int64(conv.Len())
 	}
 	if !validPath(env.Sender) {
 		return allOf(d, localReply(553, "5.1.7", "bad sender address")), nil
@@ -104,7 +117,7 @@ func (s *session) send(ctx context.Context, d *store.Delivery, body io.Reader) (
 		cmds = append(cmds, command{line: l, timeout: s.to.Command})
 	}
 	nx := len(cmds)
-	cmds = append(cmds, command{line: "MAIL FROM:<" + env.Sender + ">" + s.mailParams(d), timeout: s.to.Mail})
+	cmds = append(cmds, command{line: "MAIL FROM:<" + env.Sender + ">" + s.mailParams(d, size), timeout: s.to.Mail})
 	for _, rc := range d.Recipients {
 		if !validPath(rc.Addr) {
 			res.Rejected = append(res.Rejected, RcptStatus{rc.Addr, localReply(553, "5.1.3", "bad recipient address")})
@@ -338,12 +351,12 @@ func (s *session) reset(ctx context.Context, res Result) (Result, error) {
 	return res, nil
 }
 
-func (s *session) mailParams(d *store.Delivery) string {
+func (s *session) mailParams(d *store.Delivery, size int64) string {
 	var b strings.Builder
 	env := &d.Envelope
 	sc := s.sc
-	if sc.has("SIZE") && d.Size > 0 {
-		b.WriteString(" SIZE=" + strconv.FormatInt(d.Size, 10)) // RFC 1870
+	if sc.has("SIZE") && size > 0 {
+		b.WriteString(" SIZE=" + strconv.FormatInt(size, 10)) // RFC 1870
 	}
 	if sc.has("8BITMIME") {
 		switch strings.ToUpper(env.Body) {

@@ -8,6 +8,9 @@ package e2e
 import (
 	"bytes"
 	"fmt"
+	"io"
+	"mime/quotedprintable"
+	"net/mail"
 	"regexp"
 	"strings"
 	"testing"
@@ -369,4 +372,53 @@ func TestPostfixBothSides(t *testing.T) {
 		}
 	}
 	srv.WaitQueueLen(0, 10*time.Second)
+}
+
+// TestPostfixPrimaryWithout8BITMIME: a primary that does not offer
+// 8BITMIME (Postfix with smtpd_discard_ehlo_keywords = 8bitmime) gets an
+// 8-bit message converted to quoted-printable (RFC 6152 §3), as Postfix's
+// own SMTP client would convert it; what it stores decodes to the text sent.
+func TestPostfixPrimaryWithout8BITMIME(t *testing.T) {
+	requirePostfix(t)
+	uid, gid := postfixUIDs(t)
+	cf := virtualPrimaryCF(uid, gid, pfDomain, "u1")
+	cf["smtpd_discard_ehlo_keywords"] = "8bitmime"
+	pf := startPostfix(t, "primary7", cf, "")
+	srv := NewServer(t, Options{Domains: []Domain{{Name: pfDomain, Primary: []string{pf.Addr}}}})
+	data := pfMessage(1, "u1@"+pfDomain)
+	r, err := SendMail(srv.SMTPAddr, Mail{From: pfSender, MailArgs: "BODY=8BITMIME", To: []string{"u1@" + pfDomain}, Data: data})
+	if err != nil || QueueID(r) == "" {
+		t.Fatalf("to backupmx: %v %v", r, err)
+	}
+	var file []byte
+	Eventually(t, 30*time.Second, "the message did not reach the maildir", func() bool {
+		for _, f := range pf.Maildir("u1") {
+			file = f
+			return true
+		}
+		return false
+	})
+	if bytes.IndexFunc(file, func(r rune) bool { return r >= 0x80 }) >= 0 {
+		t.Fatalf("the primary got 8-bit bytes:\n%s", file)
+	}
+	m, err := mail.ReadMessage(bytes.NewReader(file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cte := m.Header.Get("Content-Transfer-Encoding"); cte != "quoted-printable" {
+		t.Errorf("Content-Transfer-Encoding %q, want quoted-printable", cte)
+	}
+	got, err := io.ReadAll(quotedprintable.NewReader(m.Body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sent, _ := mail.ReadMessage(bytes.NewReader(data))
+	want, _ := io.ReadAll(sent.Body)
+	// Postfix stores LF line ends; quoted-printable decoding gives CRLF.
+	if g, w := strings.ReplaceAll(string(got), "\r\n", "\n"), strings.ReplaceAll(string(want), "\r\n", "\n"); g != w {
+		t.Errorf("decoded body\n%q\nwant\n%q", g, w)
+	}
+	if !strings.Contains(srv.Log(), "converted to 7 bit") {
+		t.Error("backupmx did not log the conversion")
+	}
 }
