@@ -10,7 +10,8 @@
 // rewritten. Everything else passes byte for byte. A message without
 // MIME-Version whose body has 8-bit bytes becomes MIME (text/plain,
 // charset unknown-8bit: RFC 1428) and quoted-printable. 8-bit bytes in a
-// header cannot be converted (that is SMTPUTF8's business): ErrHeader.
+// header cannot be converted (that is SMTPUTF8's business): ErrHeader; nor
+// can a structure nested deeper than 50 levels: ErrNesting.
 // Converting changes the bytes a DKIM signature covers.
 package downgrade
 
@@ -25,9 +26,11 @@ import (
 	"strings"
 )
 
-// ErrHeader reports a header with 8-bit bytes: the message cannot be sent
-// in 7 bit.
-var ErrHeader = errors.New("downgrade: 8-bit bytes in a header")
+// Errors for messages that cannot be sent in 7 bit.
+var (
+	ErrHeader  = errors.New("downgrade: 8-bit bytes in a header")
+	ErrNesting = errors.New("downgrade: MIME structure nested too deep")
+)
 
 // maxDepth bounds the nesting of multiparts and enclosed messages.
 const maxDepth = 50
@@ -123,7 +126,7 @@ func boundary(l []byte, bounds []string) (isBoundary, closing bool) {
 // of the input.
 func (c *converter) entity(bounds []string, top bool, defType string, depth int) (bool, error) {
 	if depth > maxDepth {
-		return false, errors.New("downgrade: MIME structure nested too deep")
+		return false, ErrNesting
 	}
 	// The header: raw lines, kept as they are unless rewritten.
 	var hdr [][]byte

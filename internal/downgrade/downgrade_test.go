@@ -210,3 +210,37 @@ func TestRandomMessagesDecodeTheSame(t *testing.T) {
 		}
 	}
 }
+
+// Garbage in (broken headers, stray boundaries, unbalanced multiparts,
+// deep nesting, lone CRs and LFs): Convert ends, and its output is 7-bit
+// unless a header has 8-bit bytes.
+func TestGarbage(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 8))
+	tokens := []string{"MIME-Version: 1.0\r\n", "Content-Type: multipart/mixed; boundary=x\r\n", "Content-Type: multipart/mixed; boundary=y\r\n",
+		"Content-Type: message/rfc822\r\n", "Content-Transfer-Encoding: 8bit\r\n", "Content-Transfer-Encoding: base64\r\n",
+		"Content-Transfer-Encoding: quoted-printable\r\n", "Content-Type: text/plain\r\n", "Content-Type: multipart/digest; boundary=x\r\n",
+		"\r\n", "\n", "\r", "--x\r\n", "--x--\r\n", "--y\r\n", "--y--\r\n", "text", "\xc3\xa9", "\xff", "\x00", " folded\r\n", "Subject: s\r\n"}
+	for range 20000 {
+		var b strings.Builder
+		for range rng.IntN(60) {
+			b.WriteString(tokens[rng.IntN(len(tokens))])
+		}
+		var out bytes.Buffer
+		err := Convert(&out, strings.NewReader(b.String()))
+		if err != nil && !errors.Is(err, ErrHeader) && !errors.Is(err, ErrNesting) {
+			t.Fatalf("Convert(%q): %v", b.String(), err)
+		}
+		if err == nil && Needed(out.Bytes()) {
+			t.Fatalf("Convert(%q) = %q: 8-bit bytes left", b.String(), out.String())
+		}
+	}
+}
+
+func TestNestingBounded(t *testing.T) {
+	msg := "MIME-Version: 1.0\r\n" + strings.Repeat("Content-Type: message/rfc822\r\nContent-Transfer-Encoding: 8bit\r\n\r\n", 60) + "\r\nt\xc3\xa9\r\n"
+	if err := Convert(io.Discard, strings.NewReader(msg)); !errors.Is(err, ErrNesting) {
+		t.Fatalf("Convert = %v, want ErrNesting", err)
+	}
+	msg = "MIME-Version: 1.0\r\n" + strings.Repeat("Content-Type: message/rfc822\r\nContent-Transfer-Encoding: 8bit\r\n\r\n", 10) + "\r\nt\xc3\xa9\r\n"
+	convert(t, msg)
+}

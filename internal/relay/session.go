@@ -90,12 +90,13 @@ func (s *session) send(ctx context.Context, d *store.Delivery, body io.Reader) (
 	if strings.EqualFold(env.Body, "8BITMIME") && !sc.has("8BITMIME") {
 		// RFC 6152 §3: converted to 7 bit (internal/downgrade), in memory:
 		// rare (a primary without 8BITMIME), and it must succeed before
-		// the transaction starts. A header with 8-bit bytes cannot be
-		// converted: the mail waits for a primary that takes 8-bit data.
+		// the transaction starts. A header with 8-bit bytes (or a structure
+		// nested too deep) cannot be converted: the mail waits for a
+		// primary that takes 8-bit data.
 		var conv bytes.Buffer
 		if err := downgrade.Convert(&conv, body); err != nil {
-			if errors.Is(err, downgrade.ErrHeader) {
-				return allOf(d, localReply(450, "4.6.3", s.host+" does not support 8BITMIME, and a header has 8-bit bytes")), nil
+			if errors.Is(err, downgrade.ErrHeader) || errors.Is(err, downgrade.ErrNesting) {
+				return allOf(d, localReply(450, "4.6.3", s.host+" does not support 8BITMIME, and the message cannot be converted: "+err.Error())), nil
 			}
 			return allOf(d, localReply(451, "4.3.0", "reading message from the queue: "+err.Error())), nil
 		}
