@@ -12,7 +12,9 @@
 // charset unknown-8bit: RFC 1428) and quoted-printable. 8-bit bytes in a
 // header cannot be converted (that is SMTPUTF8's business): ErrHeader; nor
 // can a structure nested deeper than 50 levels: ErrNesting.
-// Converting changes the bytes a DKIM signature covers.
+// Converting changes the bytes a DKIM signature covers. Header reads a
+// message's header, for the relay to tell whether mail sent with SMTPUTF8
+// needs it.
 package downgrade
 
 import (
@@ -416,4 +418,31 @@ func sanitize(l []byte) []byte {
 		}
 	}
 	return out
+}
+
+// maxHeader bounds what Header reads looking for the end of the header.
+const maxHeader = 1 << 20
+
+// Header reads the header of the message in r (up to and including the
+// empty line that ends it, or at most 1 MiB) and returns it, with a reader
+// of the whole message, header included.
+func Header(r io.Reader) (hdr []byte, whole io.Reader, err error) {
+	br := bufio.NewReader(r)
+	for len(hdr) < maxHeader {
+		l, err := br.ReadSlice('\n')
+		hdr = append(hdr, l...)
+		if err == bufio.ErrBufferFull {
+			continue
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		if len(bytes.TrimRight(l, "\r\n")) == 0 {
+			break
+		}
+	}
+	return hdr, io.MultiReader(bytes.NewReader(hdr), br), nil
 }

@@ -244,3 +244,23 @@ func TestNestingBounded(t *testing.T) {
 	msg = "MIME-Version: 1.0\r\n" + strings.Repeat("Content-Type: message/rfc822\r\nContent-Transfer-Encoding: 8bit\r\n\r\n", 10) + "\r\nt\xc3\xa9\r\n"
 	convert(t, msg)
 }
+
+func TestHeader(t *testing.T) {
+	long := "X-Long: " + strings.Repeat("a", 10000) + "\r\n"
+	for _, tc := range []struct{ msg, hdr string }{
+		{"Subject: a\r\n\r\nbody\r\n", "Subject: a\r\n\r\n"},
+		{"Subject: a\n\nbody\n", "Subject: a\n\n"},
+		{"Subject: a\r\n", "Subject: a\r\n"},
+		{"", ""},
+		{long + "\r\nbody", long + "\r\n"},
+	} {
+		hdr, whole, err := Header(strings.NewReader(tc.msg))
+		if err != nil || string(hdr) != tc.hdr {
+			t.Errorf("Header(%.40q) = %.40q, %v; want %.40q", tc.msg, hdr, err, tc.hdr)
+			continue
+		}
+		if all, _ := io.ReadAll(whole); string(all) != tc.msg {
+			t.Errorf("whole message %.40q, want %.40q", all, tc.msg)
+		}
+	}
+}

@@ -64,7 +64,8 @@ const quitTimeout = 10 * time.Second
 // "encrypt" never sends in plain text, "verify" also checks the certificate
 // for the host name against tls_ca or the system roots. An 8-bit body for a
 // primary without 8BITMIME is converted to 7 bit (internal/downgrade). Not
-// done: downgrading SMTPUTF8 (refused, 5.6.7), ORCPT values that are not
+// done: downgrading SMTPUTF8 (mail that needs it, with a non-ASCII address or
+// header, is refused 5.6.7 by a primary without it), ORCPT values that are not
 // printable ASCII (left out).
 // The zero value of every field but Config is usable; Config may be nil (then
 // every domain is routed as a notice destination).

@@ -162,6 +162,32 @@ func TestEightBitConvertedForSevenBitPrimary(t *testing.T) {
 	}
 }
 
+// A message sent with SMTPUTF8 whose addresses and header are ASCII goes
+// to a primary without SMTPUTF8 without the parameter (as Postfix sends
+// it), body unchanged; RFC 6531 §3.4 refuses only mail that needs it.
+func TestSMTPUTF8NotNeeded(t *testing.T) {
+	f := startFake(t, "127.0.0.1", nil, "8BITMIME", "PIPELINING")
+	s, err := newTestClient(t, f.addr()).Dial(ctxT(t), "example.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	d := delivery("a@example.test")
+	d.Envelope.UTF8 = true
+	msg := "Subject: ascii\r\n\r\nbody \xc3\xa9 in UTF-8\r\n"
+	res, err := s.Send(ctxT(t), d, strings.NewReader(msg))
+	if err != nil || !slices.Equal(res.Accepted, []string{"a@example.test"}) {
+		t.Fatalf("Send = %+v, %v", res, err)
+	}
+	tx := f.transactions()[0]
+	if tx.mail != "MAIL FROM:<s@sender.test> BODY=8BITMIME" {
+		t.Errorf("MAIL %q, want no SMTPUTF8", tx.mail)
+	}
+	if tx.body != msg {
+		t.Errorf("body = %q, want %q", tx.body, msg)
+	}
+}
+
 // Each failure mode of a transaction is one entry.
 func TestSendFailureModes(t *testing.T) {
 	tests := []struct {
@@ -209,8 +235,11 @@ func TestSendFailureModes(t *testing.T) {
 			deferred: []string{"a@example.test", "b@example.test"}, code: 451, wantErr: true},
 		{name: "drops connection on MAIL", script: script{"MAIL": "drop"},
 			deferred: []string{"a@example.test", "b@example.test"}, code: 451, wantErr: true},
-		{name: "SMTPUTF8 needed, not offered", ext: []string{"8BITMIME", "DSN"},
-			envelope: func(e *store.Envelope) { e.UTF8 = true },
+		{name: "SMTPUTF8 needed (header), not offered", ext: []string{"8BITMIME", "DSN"},
+			envelope: func(e *store.Envelope) { e.UTF8 = true }, body: "Subject: caf\xc3\xa9\n\nbody\n",
+			rejected: []string{"a@example.test", "b@example.test"}, code: 554, noMAIL: true},
+		{name: "SMTPUTF8 needed (sender), not offered", ext: []string{"8BITMIME", "DSN"},
+			envelope: func(e *store.Envelope) { e.UTF8, e.Sender = true, "d\xc3\xa9@sender.test" },
 			rejected: []string{"a@example.test", "b@example.test"}, code: 554, noMAIL: true},
 		{name: "8BITMIME needed, not offered, 8-bit header", ext: []string{"DSN"}, body: "Subject: caf\xc3\xa9\n\nbody\n",
 			deferred: []string{"a@example.test", "b@example.test"}, code: 450, noMAIL: true},

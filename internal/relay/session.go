@@ -82,9 +82,21 @@ func (s *session) send(ctx context.Context, d *store.Delivery, body io.Reader) (
 	sc := s.sc
 
 	// Checks of our own before a word is sent.
-	if env.UTF8 && !sc.has("SMTPUTF8") {
-		// RFC 6531 §3.4: we can't downgrade, so the message can't go this way.
-		return allOf(d, localReply(554, "5.6.7", s.host+" does not support SMTPUTF8")), nil
+	utf8 := env.UTF8
+	if utf8 && !sc.has("SMTPUTF8") {
+		// The sender's SMTPUTF8 says the message may need it; it does if
+		// an address or a header is not ASCII (RFC 6531 §3.4). Then we
+		// can't downgrade, so the message can't go this way; otherwise it
+		// goes without the parameter, as Postfix sends it.
+		hdr, whole, err := downgrade.Header(body)
+		if err != nil {
+			return allOf(d, localReply(451, "4.3.0", "reading message from the queue: "+err.Error())), nil
+		}
+		body = whole
+		if !asciiAddrs(env.Sender, d.Recipients) || downgrade.Needed(hdr) {
+			return allOf(d, localReply(554, "5.6.7", s.host+" does not support SMTPUTF8")), nil
+		}
+		utf8 = false
 	}
 	size := d.Size
 	if strings.EqualFold(env.Body, "8BITMIME") && !sc.has("8BITMIME") {
@@ -118,7 +130,7 @@ func (s *session) send(ctx context.Context, d *store.Delivery, body io.Reader) (
 		cmds = append(cmds, command{line: l, timeout: s.to.Command})
 	}
 	nx := len(cmds)
-	cmds = append(cmds, command{line: "MAIL FROM:<" + env.Sender + ">" + s.mailParams(d, size), timeout: s.to.Mail})
+	cmds = append(cmds, command{line: "MAIL FROM:<" + env.Sender + ">" + s.mailParams(d, size, utf8), timeout: s.to.Mail})
 	for _, rc := range d.Recipients {
 		if !validPath(rc.Addr) {
 			res.Rejected = append(res.Rejected, RcptStatus{rc.Addr, localReply(553, "5.1.3", "bad recipient address")})
@@ -352,7 +364,7 @@ func (s *session) reset(ctx context.Context, res Result) (Result, error) {
 	return res, nil
 }
 
-func (s *session) mailParams(d *store.Delivery, size int64) string {
+func (s *session) mailParams(d *store.Delivery, size int64, utf8 bool) string {
 	var b strings.Builder
 	env := &d.Envelope
 	sc := s.sc
@@ -365,7 +377,7 @@ func (s *session) mailParams(d *store.Delivery, size int64) string {
 			b.WriteString(" BODY=" + strings.ToUpper(env.Body)) // RFC 6152
 		}
 	}
-	if env.UTF8 {
+	if utf8 {
 		b.WriteString(" SMTPUTF8") // RFC 6531 §3.4
 	}
 	if sc.has("DSN") { // RFC 3461 §4.3, §4.4
@@ -378,6 +390,20 @@ func (s *session) mailParams(d *store.Delivery, size int64) string {
 		}
 	}
 	return b.String()
+}
+
+// asciiAddrs reports whether the sender and every recipient address are
+// ASCII (ORCPT is sent only as xtext of printable ASCII, see rcptParams).
+func asciiAddrs(sender string, rcpts []store.Recipient) bool {
+	if downgrade.Needed([]byte(sender)) {
+		return false
+	}
+	for _, r := range rcpts {
+		if downgrade.Needed([]byte(r.Addr)) {
+			return false
+		}
+	}
+	return true
 }
 
 func (s *session) rcptParams(r store.Recipient) string {

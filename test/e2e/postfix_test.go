@@ -379,25 +379,7 @@ func TestPostfixBothSides(t *testing.T) {
 // 8-bit message converted to quoted-printable (RFC 6152 §3), as Postfix's
 // own SMTP client would convert it; what it stores decodes to the text sent.
 func TestPostfixPrimaryWithout8BITMIME(t *testing.T) {
-	requirePostfix(t)
-	uid, gid := postfixUIDs(t)
-	cf := virtualPrimaryCF(uid, gid, pfDomain, "u1")
-	cf["smtpd_discard_ehlo_keywords"] = "8bitmime"
-	pf := startPostfix(t, "primary7", cf, "")
-	srv := NewServer(t, Options{Domains: []Domain{{Name: pfDomain, Primary: []string{pf.Addr}}}})
-	data := pfMessage(1, "u1@"+pfDomain)
-	r, err := SendMail(srv.SMTPAddr, Mail{From: pfSender, MailArgs: "BODY=8BITMIME", To: []string{"u1@" + pfDomain}, Data: data})
-	if err != nil || QueueID(r) == "" {
-		t.Fatalf("to backupmx: %v %v", r, err)
-	}
-	var file []byte
-	Eventually(t, 30*time.Second, "the message did not reach the maildir", func() bool {
-		for _, f := range pf.Maildir("u1") {
-			file = f
-			return true
-		}
-		return false
-	})
+	data, file, srv := viaPostfixPrimary(t, "primary7", "smtpd_discard_ehlo_keywords", "8bitmime", "BODY=8BITMIME")
 	if bytes.IndexFunc(file, func(r rune) bool { return r >= 0x80 }) >= 0 {
 		t.Fatalf("the primary got 8-bit bytes:\n%s", file)
 	}
@@ -421,4 +403,42 @@ func TestPostfixPrimaryWithout8BITMIME(t *testing.T) {
 	if !strings.Contains(srv.Log(), "converted to 7 bit") {
 		t.Error("backupmx did not log the conversion")
 	}
+}
+
+// TestPostfixPrimaryWithoutSMTPUTF8: mail sent to us with SMTPUTF8 whose
+// addresses and header are ASCII reaches a primary without SMTPUTF8
+// (Postfix with smtputf8_enable = no) without the parameter, unchanged; it
+// is not refused 5.6.7 as if it needed SMTPUTF8.
+func TestPostfixPrimaryWithoutSMTPUTF8(t *testing.T) {
+	data, file, srv := viaPostfixPrimary(t, "primary8", "smtputf8_enable", "no", "BODY=8BITMIME SMTPUTF8")
+	if want := crlfToLF(data); !bytes.HasSuffix(file, want) {
+		t.Errorf("maildir file does not end with the message sent:\n%s", file)
+	}
+	srv.WaitQueueLen(0, 10*time.Second)
+}
+
+// viaPostfixPrimary sends pfMessage to backupmx with mailArgs, for a Postfix
+// primary whose main.cf has key = value besides the usual, and returns the
+// message sent, the file it became in the primary's maildir, and backupmx.
+func viaPostfixPrimary(t *testing.T, name, key, value, mailArgs string) (data, file []byte, srv *Server) {
+	t.Helper()
+	requirePostfix(t)
+	uid, gid := postfixUIDs(t)
+	cf := virtualPrimaryCF(uid, gid, pfDomain, "u1")
+	cf[key] = value
+	pf := startPostfix(t, name, cf, "")
+	srv = NewServer(t, Options{Domains: []Domain{{Name: pfDomain, Primary: []string{pf.Addr}}}})
+	data = pfMessage(1, "u1@"+pfDomain)
+	r, err := SendMail(srv.SMTPAddr, Mail{From: pfSender, MailArgs: mailArgs, To: []string{"u1@" + pfDomain}, Data: data})
+	if err != nil || QueueID(r) == "" {
+		t.Fatalf("to backupmx: %v %v", r, err)
+	}
+	Eventually(t, 30*time.Second, "the message did not reach the maildir", func() bool {
+		for _, f := range pf.Maildir("u1") {
+			file = f
+			return true
+		}
+		return false
+	})
+	return data, file, srv
 }
