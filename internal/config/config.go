@@ -86,6 +86,9 @@ type SMTP struct {
 	Listen         []string `toml:"listen"`
 	MaxMessageSize int64    `toml:"max_message_size"` // bytes; default 50 MiB
 	MaxRecipients  int      `toml:"max_recipients"`   // per message; default 1000
+	// MaxReceived refuses a message whose header would have more Received
+	// fields (ours included) as a mail loop; default 100 (RFC 5321 §6.3).
+	MaxReceived int `toml:"max_received"`
 	// Timeouts, RFC 5321 §4.5.3.2: commands 5m; DATA is an idle timeout per read.
 	CommandTimeout Duration `toml:"command_timeout"`
 	DataTimeout    Duration `toml:"data_timeout"`
@@ -281,6 +284,10 @@ func (c *Config) Validate() error {
 		bad("smtp.max_message_size", "must be positive")
 	}
 	defInt(&c.SMTP.MaxRecipients, 1000)
+	defInt(&c.SMTP.MaxReceived, 100)
+	if c.SMTP.MaxReceived < 2 {
+		bad("smtp.max_received", "must be at least 2")
+	}
 	defInt(&c.SMTP.MaxConnections, 1000)
 	defDur(&c.SMTP.CommandTimeout, 5*time.Minute)
 	defDur(&c.SMTP.DataTimeout, 3*time.Minute)

@@ -54,8 +54,8 @@ name = "Example.TEST."
 			t.Fatalf("retry %v, want %v", retry, want)
 		}
 	}
-	if c.Store.Engine != "embedded" || c.Store.Dir != "var" || c.SMTP.MaxMessageSize != 50<<20 {
-		t.Errorf("store %+v size %d", c.Store, c.SMTP.MaxMessageSize)
+	if c.Store.Engine != "embedded" || c.Store.Dir != "var" || c.SMTP.MaxMessageSize != 50<<20 || c.SMTP.MaxReceived != 100 {
+		t.Errorf("store %+v size %d max_received %d", c.Store, c.SMTP.MaxMessageSize, c.SMTP.MaxReceived)
 	}
 	if c.Node != "mx.test" {
 		t.Errorf("node %q", c.Node)
@@ -84,6 +84,7 @@ func TestErrorsNameTheKey(t *testing.T) {
 		{`bogus = 1`, "bogus"},
 		{"[smtp]\nlisten = [\"nope\"]", "smtp.listen"},
 		{"[smtp]\nlistne = [\"127.0.0.1:25\"]", "smtp.listne"},
+		{"[smtp]\nmax_received = 1", "smtp.max_received"},
 		{"[queue]\nretention = \"soon\"", "retention"},
 		{"[queue]\nretry = [\"10m\", \"-1m\"]", "queue.retry[1]"},
 		{"[store]\nengine = \"mysql\"", "store.engine"},

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -222,10 +223,12 @@ func (x *session) Data(r io.Reader) error {
 		env.Deferred, queued = x.s.Arrival(domains)
 	}
 	hdr := x.s.receivedHeader(env, x.c.tlsState())
-	body := &bodyReader{r: r}
+	// Our Received field is one of the header's: the client's may be one
+	// fewer than smtp.max_received.
+	body := &bodyReader{r: &hopReader{r: r, max: x.s.Config.SMTP.MaxReceived - 1}}
 	size, err := x.s.Store.Enqueue(context.Background(), env, io.MultiReader(strings.NewReader(hdr), body))
 	if body.err != nil {
-		rule, e := bodyError(body.err, x.s.Config.SMTP.MaxMessageSize)
+		rule, e := bodyError(body.err, x.s.Config.SMTP.MaxMessageSize, x.s.Config.SMTP.MaxReceived)
 		x.s.rejected(x.c.ip, rule, replyText(e), "id", env.ID, "sender", env.Sender, "error", body.err)
 		return e
 	}
@@ -244,14 +247,17 @@ func (x *session) Data(r io.Reader) error {
 }
 
 // bodyError maps a failure reading the client's body to the reply and the
-// rule for the log. Only "too big" is the sender's fault (5xx).
-func bodyError(err error, max int64) (string, *smtp.SMTPError) {
+// rule for the log. Only "too big" and a mail loop are the sender's fault
+// (5xx).
+func bodyError(err error, max int64, maxReceived int) (string, *smtp.SMTPError) {
 	var se *smtp.SMTPError
 	switch {
 	case errors.Is(err, smtp.ErrDataTooLarge):
 		return "size", reply(552, smtp.EnhancedCode{5, 3, 4}, fmt.Sprintf("Message too big: the limit is %d bytes", max))
 	case errors.As(err, &se) && se.Code/100 == 4:
 		return "timeout", se // from conn.midMessage
+	case errors.Is(err, errTooManyHops):
+		return "loop", reply(554, smtp.EnhancedCode{5, 4, 6}, "Too many hops: more than "+strconv.Itoa(maxReceived)+" Received header fields, mail loop?")
 	case errors.Is(err, smtp.ErrDataReset):
 		return "aborted", reply(451, smtp.EnhancedCode{4, 3, 0}, "Message transfer aborted")
 	}

@@ -2,6 +2,7 @@ package smtpd
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"reflect"
 	"regexp"
@@ -32,6 +33,7 @@ func TestEHLOAdvertises(t *testing.T) {
 // TestRefusals: each dialogue ends in a refusal and nothing is queued.
 func TestRefusals(t *testing.T) {
 	big := strings.Repeat("012345678901234567890123456789012345678901234567\r\n", 60) // 3000 bytes
+	looped := strings.Repeat("Received: x\r\n", 100) + "Subject: x\r\n\r\nhi\r\n"     // under the test's 2000-byte limit
 	tests := []struct {
 		name  string
 		steps []step
@@ -59,6 +61,10 @@ func TestRefusals(t *testing.T) {
 			step{send: "BDAT 1500 LAST\r\n" + big[1500:], want: []string{"552 5.3.4"}}, cmd("NOOP", "250"))},
 		{"aborted bdat", append(transaction("s@x.test", "u@example.test"),
 			step{send: "BDAT 10\r\n0123456789", want: []string{"250 2.0.0"}}, cmd("RSET", "250"), cmd("NOOP", "250"))},
+		{"mail loop", append(transaction("s@x.test", "u@example.test"),
+			cmd("DATA", "354"), step{send: looped + ".\r\n", want: []string{"554 5.4.6"}}, cmd("NOOP", "250"))},
+		{"mail loop bdat", append(transaction("s@x.test", "u@example.test"),
+			step{send: fmt.Sprintf("BDAT %d LAST\r\n", len(looped)) + looped, want: []string{"554 5.4.6"}}, cmd("NOOP", "250"))},
 		{"too many recipients", append(transaction("s@x.test",
 			"a@example.test", "b@example.test", "c@example.test", "d@example.test", "e@example.test"),
 			cmd("RCPT TO:<f@example.test>", "452 4.5.3"), cmd("RSET", "250"))},
@@ -73,6 +79,20 @@ func TestRefusals(t *testing.T) {
 				t.Errorf("queued %d messages, want none", len(m))
 			}
 		})
+	}
+}
+
+// TestHopsAtTheLimit: 99 Received fields from the client plus ours make
+// smtp.max_received (100): accepted; one more is a loop (TestRefusals).
+func TestHopsAtTheLimit(t *testing.T) {
+	ts := newTestServer(t)
+	c := dial(t, ts.addr)
+	msg := strings.Repeat("Received: x\r\n", 99) + "Subject: x\r\n\r\n" +
+		strings.Repeat("Received: in the body\r\n", 20) // not counted
+	c.run(transaction("s@x.test", "u@example.test")...)
+	c.run(cmd("DATA", "354"), step{send: msg + ".\r\n", want: []string{"250 2.0.0"}}, cmd("QUIT", "221"))
+	if m := ts.store.all(); len(m) != 1 {
+		t.Fatalf("queued %d, want 1", len(m))
 	}
 }
 
