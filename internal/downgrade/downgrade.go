@@ -74,30 +74,14 @@ func (c *converter) line() ([]byte, error) {
 	if c.eof {
 		return nil, nil
 	}
-	l, err := c.r.ReadSlice('\n')
-	switch {
-	case err == bufio.ErrBufferFull:
-		// A line longer than the buffer: take it whole.
-		long := append([]byte(nil), l...)
-		for err == bufio.ErrBufferFull {
-			l, err = c.r.ReadSlice('\n')
-			long = append(long, l...)
-		}
-		if err == io.EOF {
-			c.eof = true
-			err = nil
-		}
-		return long, err
-	case err == io.EOF:
-		c.eof = true
+	l, err := c.r.ReadBytes('\n')
+	if err == io.EOF {
+		c.eof, err = true, nil
 		if len(l) == 0 {
-			return nil, nil
+			l = nil
 		}
-		return append([]byte(nil), l...), nil
-	case err != nil:
-		return nil, err
 	}
-	return append([]byte(nil), l...), nil
+	return l, err
 }
 
 // boundary reports whether l is a delimiter line of one of bounds (the
@@ -204,10 +188,11 @@ func (c *converter) entity(bounds []string, top bool, defType string, depth int)
 	if err != nil {
 		return false, err
 	}
+	eight := Needed(body)
 	switch {
-	case cte == "8bit" || cte == "binary" || ((cte == "7bit" || cte == "") && Needed(body)):
+	case cte == "8bit" || cte == "binary" || ((cte == "7bit" || cte == "") && eight):
 		return eof, c.writeConverted(hdr, blank, body, ctype, !eof)
-	case Needed(body):
+	case eight:
 		// Already encoded, yet with raw 8-bit bytes (broken): written so
 		// that a lenient decoder gets what it got before.
 		return eof, c.write(hdr, blank, fixEncoded(body, cte))
@@ -320,14 +305,10 @@ func (c *converter) writeConverted(hdr [][]byte, blank, body []byte, ctype strin
 	if strings.HasPrefix(ctype, "text/") {
 		enc = "quoted-printable"
 	}
-	hdr = setCTE(hdr, enc)
-	for _, l := range hdr {
-		c.w.Write(l)
-	}
 	if blank == nil {
-		blank = []byte("\r\n")
+		blank = []byte("\r\n") // the part had no body; now it has one
 	}
-	c.w.Write(blank)
+	c.write(setCTE(hdr, enc), blank, nil)
 	content, eol := body, []byte(nil)
 	if beforeBoundary {
 		switch {
@@ -366,21 +347,34 @@ func (c *converter) writeConverted(hdr [][]byte, blank, body []byte, ctype strin
 	return err
 }
 
+// fieldEnd reports whether hdr[i] starts a field named name and returns the
+// index after it and its continuation lines.
+func fieldEnd(hdr [][]byte, i int, name string) (int, bool) {
+	l := hdr[i]
+	colon := bytes.IndexByte(l, ':')
+	if colon <= 0 || l[0] == ' ' || l[0] == '\t' ||
+		!strings.EqualFold(string(bytes.TrimRight(l[:colon], " \t")), name) {
+		return i + 1, false
+	}
+	i++
+	for i < len(hdr) && (hdr[i][0] == ' ' || hdr[i][0] == '\t') {
+		i++
+	}
+	return i, true
+}
+
 // field returns the unfolded value of the first header field named name.
 func field(hdr [][]byte, name string) (string, bool) {
-	for i := 0; i < len(hdr); i++ {
+	for i := 0; i < len(hdr); {
+		end, ok := fieldEnd(hdr, i, name)
+		if !ok {
+			i = end
+			continue
+		}
 		l := hdr[i]
-		colon := bytes.IndexByte(l, ':')
-		if colon < 0 || l[0] == ' ' || l[0] == '\t' {
-			continue
-		}
-		if !strings.EqualFold(string(bytes.TrimRight(l[:colon], " \t")), name) {
-			continue
-		}
-		v := string(bytes.TrimRight(l[colon+1:], "\r\n"))
-		for i+1 < len(hdr) && (hdr[i+1][0] == ' ' || hdr[i+1][0] == '\t') {
-			i++
-			v += " " + strings.TrimSpace(string(hdr[i]))
+		v := string(bytes.TrimRight(l[bytes.IndexByte(l, ':')+1:], "\r\n"))
+		for _, cont := range hdr[i+1 : end] {
+			v += " " + strings.TrimSpace(string(cont))
 		}
 		return strings.TrimSpace(v), true
 	}
@@ -391,17 +385,12 @@ func field(hdr [][]byte, name string) (string, bool) {
 // continuation lines), or adds one at the end.
 func setCTE(hdr [][]byte, enc string) [][]byte {
 	out := make([][]byte, 0, len(hdr)+1)
-	for i := 0; i < len(hdr); i++ {
-		l := hdr[i]
-		colon := bytes.IndexByte(l, ':')
-		if colon > 0 && l[0] != ' ' && l[0] != '\t' &&
-			strings.EqualFold(string(bytes.TrimRight(l[:colon], " \t")), "Content-Transfer-Encoding") {
-			for i+1 < len(hdr) && (hdr[i+1][0] == ' ' || hdr[i+1][0] == '\t') {
-				i++
-			}
-			continue
+	for i := 0; i < len(hdr); {
+		end, ok := fieldEnd(hdr, i, "Content-Transfer-Encoding")
+		if !ok {
+			out = append(out, hdr[i:end]...)
 		}
-		out = append(out, l)
+		i = end
 	}
 	return append(out, []byte("Content-Transfer-Encoding: "+enc+"\r\n"))
 }
@@ -411,13 +400,7 @@ func sanitize(l []byte) []byte {
 	if !Needed(l) {
 		return l
 	}
-	out := bytes.Clone(l)
-	for i, c := range out {
-		if c >= 0x80 || c == 0 {
-			out[i] = '?'
-		}
-	}
-	return out
+	return fixEncoded(l, "")
 }
 
 // maxHeader bounds what Header reads looking for the end of the header.

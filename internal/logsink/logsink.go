@@ -86,15 +86,6 @@ func (w *Writer) run() {
 	}
 }
 
-// Flush waits until everything written so far has been written to out.
-func (w *Writer) Flush() {
-	w.mu.Lock()
-	for w.writing {
-		w.taken.Wait()
-	}
-	w.mu.Unlock()
-}
-
 // Close writes what is pending, stops the goroutine, and makes later
 // writes go to out directly. It does not close out.
 func (w *Writer) Close() error {

@@ -40,7 +40,7 @@ func TestConcurrentLinesKeepOrder(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	w.Flush()
+	w.Close()
 	got := strings.Split(strings.TrimSuffix(out.buf.String(), "\n"), "\n")
 	if len(got) != writers*lines {
 		t.Fatalf("%d lines arrived, want %d", len(got), writers*lines)
@@ -60,7 +60,6 @@ func TestConcurrentLinesKeepOrder(t *testing.T) {
 		t.Errorf("%d writes for %d lines: nothing was written together", out.writes, writers*lines)
 	}
 	t.Logf("%d lines in %d writes", writers*lines, out.writes)
-	w.Close()
 }
 
 // blockedOut is an out whose writes wait until it is opened.
