@@ -407,16 +407,13 @@ func sanitize(l []byte) []byte {
 const maxHeader = 1 << 20
 
 // Header reads the header of the message in r (up to and including the
-// empty line that ends it, or at most 1 MiB) and returns it, with a reader
-// of the whole message, header included.
+// empty line that ends it, or at most about 1 MiB) and returns it, with a
+// reader of the whole message, header included.
 func Header(r io.Reader) (hdr []byte, whole io.Reader, err error) {
 	br := bufio.NewReader(r)
 	for len(hdr) < maxHeader {
-		l, err := br.ReadSlice('\n')
+		l, err := br.ReadBytes('\n') // whole lines: a line longer than the buffer is not taken for two
 		hdr = append(hdr, l...)
-		if err == bufio.ErrBufferFull {
-			continue
-		}
 		if err == io.EOF {
 			break
 		}

@@ -253,6 +253,8 @@ func TestHeader(t *testing.T) {
 		{"Subject: a\r\n", "Subject: a\r\n"},
 		{"", ""},
 		{long + "\r\nbody", long + "\r\n"},
+		// A line filling bufio's 4,096 bytes, its CRLF after: not an empty line.
+		{"X-A: " + strings.Repeat("a", 4091) + "\r\nSubject: b\r\n\r\nbody", "X-A: " + strings.Repeat("a", 4091) + "\r\nSubject: b\r\n\r\n"},
 	} {
 		hdr, whole, err := Header(strings.NewReader(tc.msg))
 		if err != nil || string(hdr) != tc.hdr {
