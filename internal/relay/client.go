@@ -92,6 +92,10 @@ var _ Dialer = (*Client)(nil)
 // preferred than ours.
 var ErrNoPrimary = errors.New("no primary for domain")
 
+// ErrLoopsBack: the host we reached answers EHLO with our own name, so the
+// route leads back to this server (or to a node sharing its hostname).
+var ErrLoopsBack = errors.New("mail loops back to myself")
+
 // Error is why Dial or Probe failed, about the last host tried.
 type Error struct {
 	Host  string // host:port; "" when routing failed before any host
@@ -409,6 +413,15 @@ func (c *Client) connect(ctx context.Context, t target, ip string, useTLS bool) 
 	name := c.hostname()
 	if err := sc.hello(ctx, to.Command, name); err != nil {
 		return fail(err)
+	}
+	if strings.EqualFold(strings.TrimSuffix(sc.peer, "."), strings.TrimSuffix(name, ".")) {
+		// The host answers with our own name: a route (a primary, an MX)
+		// that leads back to us. Postfix's check, but a temporary fault
+		// here: the configuration is ours to fix, the mail waits.
+		sc.cmd(ctx, min(to.Command, quitTimeout), "QUIT")
+		raw.Close()
+		return nil, &Error{Host: host, Reply: localReply(451, "4.4.6", "mail for "+t.host+" loops back to myself ("+name+")"),
+			Err: fmt.Errorf("%w: the host greets as %s", ErrLoopsBack, sc.peer)}
 	}
 	required := t.policy == config.TLSEncrypt || t.policy == config.TLSVerify
 	refuse := func(why string) (*session, error) {

@@ -399,6 +399,45 @@ func TestDialRefusedTriesNextHost(t *testing.T) {
 	}
 }
 
+// TestLoopsBackToMyself: a host that answers EHLO (or HELO) with our own
+// name is us, or a node sharing our name: handing it the mail would queue it
+// here again. The dial fails, temporarily, after a QUIT and before any MAIL,
+// and the next host is tried.
+func TestLoopsBackToMyself(t *testing.T) {
+	for _, sc := range []script{
+		{"EHLO": "250 Backup.Ours.Test. greets you"},
+		{"EHLO": "502 5.5.1 no EHLO", "HELO": "250 backup.ours.test"},
+	} {
+		loop := startFake(t, "127.0.0.1", sc)
+		c := newTestClient(t, loop.addr())
+		_, err := c.Dial(ctxT(t), "example.test")
+		var e *Error
+		if !errors.As(err, &e) || !errors.Is(err, ErrLoopsBack) || e.Permanent || e.Reply.Code != 451 ||
+			e.Reply.Enhanced != "4.4.6" || e.Host != loop.addr() {
+			t.Fatalf("%q: err = %#v (%v), want a temporary 451 4.4.6 ErrLoopsBack from %s", sc, e, err, loop.addr())
+		}
+		if err := c.Probe(ctxT(t), "example.test"); !errors.Is(err, ErrLoopsBack) {
+			t.Errorf("%q: Probe = %v, want ErrLoopsBack: the domain must not look up", sc, err)
+		}
+		lines := loop.received()
+		if last := lines[len(lines)-1]; last != "QUIT" || slices.ContainsFunc(lines, func(l string) bool {
+			return strings.HasPrefix(l, "MAIL")
+		}) {
+			t.Errorf("%q: dialogue = %q, want no MAIL and a QUIT", sc, lines)
+		}
+
+		other := startFake(t, "127.0.0.1", nil)
+		s, err := newTestClient(t, loop.addr(), other.addr()).Dial(ctxT(t), "example.test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.Host() != other.addr() {
+			t.Errorf("%q: Host() = %s, want the second primary %s", sc, s.Host(), other.addr())
+		}
+		s.Close()
+	}
+}
+
 func TestHELOFallback(t *testing.T) {
 	f := startFake(t, "127.0.0.1", script{"EHLO": "550 5.5.1 what is EHLO"})
 	c := newTestClient(t, f.addr())

@@ -27,6 +27,7 @@ type smtpConn struct {
 	br   *bufio.Reader
 	bw   *bufio.Writer
 	ext  map[string]string // EHLO keywords (upper-case) → parameters; nil after HELO
+	peer string            // the name the server gave in its EHLO/HELO reply
 	tls  string            // "" or e.g. "TLS1.3 TLS_AES_128_GCM_SHA256"
 }
 
@@ -178,6 +179,7 @@ func (c *smtpConn) hello(ctx context.Context, timeout time.Duration, name string
 		return err
 	}
 	if r.Code/100 == 2 {
+		c.peer = firstWord(r.Text)
 		c.ext = make(map[string]string)
 		for _, l := range strings.Split(r.Text, "\n")[1:] {
 			k, v, _ := strings.Cut(strings.TrimSpace(l), " ")
@@ -195,8 +197,17 @@ func (c *smtpConn) hello(ctx context.Context, timeout time.Duration, name string
 	if r.Code/100 != 2 {
 		return &replyError{"HELO", r}
 	}
+	c.peer = firstWord(r.Text)
 	c.ext = nil
 	return nil
+}
+
+// firstWord is the first space-separated word of a reply's first line: in a
+// reply to EHLO or HELO, the server's name for itself (RFC 5321 §4.1.1.1).
+func firstWord(text string) string {
+	line, _, _ := strings.Cut(text, "\n")
+	word, _, _ := strings.Cut(strings.TrimSpace(line), " ")
+	return word
 }
 
 // startTLS runs the TLS handshake after a 220 to STARTTLS (RFC 3207 §4),

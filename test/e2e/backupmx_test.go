@@ -658,3 +658,34 @@ func TestGracefulStop(t *testing.T) {
 }
 
 func tail(b []byte, n int) []byte { return b[max(0, len(b)-n):] }
+
+// TestPrimaryLoopsBack: a domain whose primary is, by mistake, this very
+// server. The relay sees its own name in the EHLO reply and defers: the
+// message stays queued, one copy, with the reason in the queue and the log,
+// instead of being handed to ourselves again and again.
+func TestPrimaryLoopsBack(t *testing.T) {
+	t.Parallel()
+	self := FreeAddr(t)
+	srv := NewServer(t, Options{
+		SMTPAddr:      self,
+		Domains:       []Domain{{Name: "example.test", Primary: []string{self}}},
+		ProbeInterval: "200ms",
+		Retry:         []string{"1s"},
+	})
+	r, err := SendMail(srv.SMTPAddr, Mail{From: "a@client.test", To: []string{"u@example.test"},
+		Data: []byte("Subject: loop\r\n\r\nround and round\r\n")})
+	if err != nil || r.Code != 250 {
+		t.Fatalf("send: %v %v", r, err)
+	}
+	var q []Item
+	Eventually(t, 10*time.Second, "no second failed attempt", func() bool {
+		q = srv.Queue()
+		return len(q) != 1 || q[0].Attempts >= 2
+	})
+	if len(q) != 1 || !strings.Contains(q[0].LastError, "loops back to myself") {
+		t.Fatalf("queue = %+v, want the one message, deferred as a loop", q)
+	}
+	if !strings.Contains(srv.Log(), "loops back to myself") {
+		t.Error("the log does not say the mail loops back")
+	}
+}

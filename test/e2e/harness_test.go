@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/textproto"
 	"os"
@@ -69,15 +70,58 @@ func TestMain(m *testing.M) {
 // Bin returns the path of the backupmx binary under test.
 func Bin() string { return binPath }
 
-// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago and
+// that no other caller in this process got. Ports come from below the
+// kernel's ephemeral range, so that neither a listener on port 0 nor the
+// source port of an outgoing connection takes a port that a test holds in
+// reserve (a stopped primary): once, a server started after a stopped
+// primary got the primary's port and relayed its mail to itself.
 func FreePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	if portsGiven == nil {
+		portsGiven = make(map[int]bool)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	low := ephemeralLow()
+	for range 1000 {
+		port := 10000 + rand.IntN(low-10000)
+		if portsGiven[port] {
+			continue
+		}
+		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err != nil {
+			continue // in use, by another test process or anything else
+		}
+		l.Close()
+		portsGiven[port] = true
+		return port
+	}
+	t.Fatal("FreePort: no free port found below the ephemeral range")
+	return 0
+}
+
+var (
+	portsMu    sync.Mutex
+	portsGiven map[int]bool
+)
+
+// ephemeralLow is the first port of the kernel's ephemeral range (Linux's
+// default, 32768, if it can't be read or leaves too little room below).
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 32768
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 32768
+	}
+	n, err := strconv.Atoi(f[0])
+	if err != nil || n < 20000 {
+		return 32768
+	}
+	return n
 }
 
 // FreeAddr returns "127.0.0.1:port" for a port that was free a moment ago.
@@ -121,6 +165,7 @@ type Options struct {
 	Store         string   // raw TOML for the [store] table; default the embedded engine in Dir/var
 	Queue         string   // raw TOML lines added to the [queue] table (lease, batch, sessions…)
 	Node          string   // node name (top-level "node"); default the hostname
+	SMTPAddr      string   // smtp.listen; default FreeAddr
 }
 
 // Server is a backupmx binary running on loopback with its own directory.
@@ -151,6 +196,9 @@ func NewServer(t testing.TB, o Options) *Server {
 		SMTPAddr:   FreeAddr(t),
 		AdminAddr:  FreeAddr(t),
 		LogPath:    filepath.Join(dir, "stderr.log"),
+	}
+	if o.SMTPAddr != "" {
+		s.SMTPAddr = o.SMTPAddr
 	}
 	if o.Retention == "" {
 		o.Retention = "1h"
