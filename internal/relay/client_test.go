@@ -375,7 +375,9 @@ func TestDialFailureModes(t *testing.T) {
 }
 
 func TestDialRefusedTriesNextHost(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	// An address of its own, so that no listener of this test (all on
+	// 127.0.0.1) can be given the closed port again.
+	ln, err := net.Listen("tcp", "127.0.0.77:0")
 	if err != nil {
 		t.Fatal(err)
 	}

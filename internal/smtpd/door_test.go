@@ -210,9 +210,11 @@ func TestDNSBLTimeoutFailsOpen(t *testing.T) {
 	}
 }
 
-// closedPort returns a loopback address nobody listens on.
+// closedPort returns a loopback address nobody listens on: on an address of
+// its own, so that no listener of the test (all on 127.0.0.1) can be given
+// the closed port again.
 func closedPort(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	l, err := net.Listen("tcp", "127.0.0.77:0")
 	if err != nil {
 		t.Fatal(err)
 	}
