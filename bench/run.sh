@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 
 N1=${N1:-2000}
 N10=${N10:-5000}
-N50=${N50:-10000}
+N50=${N50:-30000} # ~6 s for backupmx: 10,000 (~2 s) left its runs to the VM's hiccups
 NBIG=${NBIG:-2000}
 DRAIN=${DRAIN:-20000}
 REPEAT=${REPEAT:-3}
