@@ -414,7 +414,7 @@ func (c *Client) connect(ctx context.Context, t target, ip string, useTLS bool) 
 	if err := sc.hello(ctx, to.Command, name); err != nil {
 		return fail(err)
 	}
-	if strings.EqualFold(strings.TrimSuffix(sc.peer, "."), strings.TrimSuffix(name, ".")) {
+	if normalize(sc.peer) == normalize(name) {
 		// The host answers with our own name: a route (a primary, an MX)
 		// that leads back to us. Postfix's check, but a temporary fault
 		// here: the configuration is ours to fix, the mail waits.

@@ -80,9 +80,6 @@ func FreePort(t testing.TB) int {
 	t.Helper()
 	portsMu.Lock()
 	defer portsMu.Unlock()
-	if portsGiven == nil {
-		portsGiven = make(map[int]bool)
-	}
 	low := ephemeralLow()
 	for range 1000 {
 		port := 10000 + rand.IntN(low-10000)
@@ -103,7 +100,7 @@ func FreePort(t testing.TB) int {
 
 var (
 	portsMu    sync.Mutex
-	portsGiven map[int]bool
+	portsGiven = map[int]bool{} // under portsMu
 )
 
 // ephemeralLow is the first port of the kernel's ephemeral range (Linux's
