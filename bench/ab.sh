@@ -17,14 +17,14 @@ set -euo pipefail
 A=$(realpath "$1") B=$(realpath "$2") ROUNDS=${3:-6} N=${4:-10000} S=${5:-50}
 PORT_BASE=${PORT_BASE:-13000}
 cd "$(dirname "$0")/.."
-. bench/lib.sh # bmx_config
+. bench/lib.sh # bmx_config, cpu_load
 DOMAIN=example.test
 DNS_DEAD=127.0.0.1:$PORT_BASE # nothing listens: every DNS query fails at once
 T=$(mktemp -d /tmp/backupmx-ab.XXXXXX)
 trap 'rm -rf "$T"' EXIT
 
 run() { # run BINARY: prints "msg/s cpu-us-per-message"
-	local d p t0 t1 s0 s1
+	local d p r u s
 	d=$(mktemp -d "$T/run.XXXX")
 	bmx_config mx-backup.bench.test "127.0.0.1:$((PORT_BASE + 1))" "127.0.0.1:$((PORT_BASE + 2))" \
 		"127.0.0.1:$((PORT_BASE + 3))" "dir = \"$d/store\"" "" >"$d/c.toml"
@@ -34,17 +34,11 @@ run() { # run BINARY: prints "msg/s cpu-us-per-message"
 		curl -fsS "http://127.0.0.1:$((PORT_BASE + 2))/v1/health" >/dev/null 2>&1 && break
 		sleep 0.1
 	done
-	t0=$(awk '{print $14+$15}' "/proc/$p/stat")
-	s0=$(date +%s.%N)
-	smtp-source -s "$S" -m "$N" -l 10240 -M client.bench.test -f sender@src.bench.test \
-		-t rcpt@example.test "127.0.0.1:$((PORT_BASE + 1))"
-	s1=$(date +%s.%N)
-	t1=$(awk '{print $14+$15}' "/proc/$p/stat")
+	read -r r u s < <(cpu_load "$p" "127.0.0.1:$((PORT_BASE + 1))" "$N" "$S")
 	kill "$p"
 	wait "$p" || true
 	rm -rf "$d"
-	awk -v n="$N" -v w="$(echo "$s1 - $s0" | bc)" -v c="$((t1 - t0))" \
-		'BEGIN { printf "%d %d\n", n / w, c * 10000 / n }' # clock ticks: 100/s
+	echo "$r $((u + s))"
 }
 
 median() { tr ' ' '\n' | grep . | sort -n | awk '{v[NR] = $1} END {print (NR % 2 ? v[(NR + 1) / 2] : int((v[NR / 2] + v[NR / 2 + 1]) / 2))}'; }

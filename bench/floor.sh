@@ -11,6 +11,7 @@ set -euo pipefail
 
 ROUNDS=${1:-3} N=${2:-20000} S=${3:-50} PORT=${PORT:-13201}
 cd "$(dirname "$0")/.."
+. bench/lib.sh # cpu_load
 T=$(mktemp -d /tmp/backupmx-floor.XXXXXX)
 trap 'rm -rf "$T"' EXIT
 go build -o "$T/floor" ./bench/floor
@@ -22,14 +23,8 @@ for i in $(seq "$ROUNDS"); do
 		(exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
 		sleep 0.1
 	done
-	read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$p/stat")
-	t0=$(date +%s.%N)
-	smtp-source -s "$S" -m "$N" -l 10240 -M client.bench.test -f sender@src.bench.test \
-		-t rcpt@example.test "127.0.0.1:$PORT"
-	t1=$(date +%s.%N)
-	read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$p/stat")
+	read -r r u s < <(cpu_load "$p" "127.0.0.1:$PORT" "$N" "$S")
 	kill "$p"
 	wait "$p" 2>/dev/null || true
-	awk -v n="$N" -v w="$(echo "$t1 - $t0" | bc)" -v u="$((u1 - u0))" -v s="$((s1 - s0))" -v i="$i" \
-		'BEGIN { printf "round %d: %d msg/s, user %d + system %d us/msg\n", i, n / w, u * 10000 / n, s * 10000 / n }' # ticks: 100/s
+	echo "round $i: $r msg/s, user $u + system $s us/msg"
 done

@@ -34,3 +34,20 @@ name = "$DOMAIN"
 primary = ["$4"]
 EOF
 }
+
+# cpu_load PID ADDR MESSAGES SESSIONS: one smtp-source run of 10 KB messages
+# to ADDR (primary down for backupmx: nothing but accept); prints "msg/s
+# user system", the last two PID's CPU in µs per message (utime and stime
+# from /proc/PID/stat, clock ticks of 10 ms). For bench/ab.sh, bench/floor.sh.
+cpu_load() {
+	local u0 s0 u1 s1 t0 t1
+	read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$1/stat")
+	t0=$(now)
+	smtp-source -s "$4" -m "$3" -l 10240 -M client.bench.test -f sender@src.bench.test \
+		-t "rcpt@${DOMAIN:-example.test}" "$2"
+	t1=$(now)
+	read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$1/stat")
+	awk -v n="$3" -v w="$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')" \
+		-v u="$((u1 - u0))" -v s="$((s1 - s0))" \
+		'BEGIN { printf "%d %d %d\n", n / w, u * 10000 / n, s * 10000 / n }'
+}
