@@ -11,7 +11,9 @@
 # is reported), DRAIN (messages queued for the drain tests), PORT_BASE, KEEP=1 (keep
 # the temp dir), SKIP_POSTFIX=1, BENCH_TMP (parent of the temp dir), PROFILE=1 (perf
 # record backupmx during the 10-session accept and the flush drain; summaries printed
-# by bench/perf-summary.py, perf.data files kept in bench/out/).
+# by bench/perf-summary.py, perf.data files kept in bench/out/), FLOOR=0 (leave out
+# bench/floor, the bare Go responder that takes a turn in the 50-session load as a
+# gauge of the machine's speed at that moment).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,10 +32,12 @@ BMX_ADMIN=127.0.0.1:$((PORT_BASE + 2))
 BMX_SINK=127.0.0.1:$((PORT_BASE + 3)) # backupmx's primary
 PF_SMTP=127.0.0.1:$((PORT_BASE + 4))
 PF_SINK=127.0.0.1:$((PORT_BASE + 5)) # Postfix's primary
+FLOOR_SMTP=127.0.0.1:$((PORT_BASE + 6)) # bench/floor
+FLOOR=${FLOOR:-1}
 DOMAIN=example.test
 PROBE_DEFAULT=10s # queue.probe_interval's default (internal/config)
 
-for p in $(seq "$PORT_BASE" $((PORT_BASE + 5))); do
+for p in $(seq "$PORT_BASE" $((PORT_BASE + 6))); do
 	if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
 		echo "port 127.0.0.1:$p is in use; set PORT_BASE" >&2
 		exit 1
@@ -47,6 +51,7 @@ RESULTS=$T/results.tsv
 BMX_PID=""
 SINK_PID=""
 SAMPLER_PID=""
+FLOOR_PID=""
 PF_ETC=$T/postfix/etc
 PF_SPOOL=$T/postfix/spool
 PF_STARTED=0
@@ -56,6 +61,7 @@ cleanup() {
 	[ -n "$SAMPLER_PID" ] && kill "$SAMPLER_PID" 2>/dev/null
 	[ -n "$PERF_PID" ] && kill -INT "$PERF_PID" 2>/dev/null
 	[ -n "$SINK_PID" ] && kill "$SINK_PID" 2>/dev/null
+	[ -n "$FLOOR_PID" ] && kill "$FLOOR_PID" 2>/dev/null
 	[ -n "$BMX_PID" ] && kill "$BMX_PID" 2>/dev/null && wait "$BMX_PID" 2>/dev/null
 	if [ "$PF_STARTED" = 1 ]; then
 		postfix -c "$PF_ETC" stop >/dev/null 2>&1
@@ -92,11 +98,12 @@ record "fsync (dd oflag=dsync, 10 KB)" machine "$FSYNC_RATE"
 if [ "${BENCH_WORKTREE:-0}" = 1 ]; then
 	log "building backupmx from the working tree"
 	go build -o "$T/backupmx" ./cmd/backupmx
+	go build -o "$T/floor" ./bench/floor
 else
 	log "building backupmx from $(git rev-parse --short HEAD) (git archive HEAD)"
 	mkdir -p "$T/src"
 	git archive HEAD | tar -x -C "$T/src"
-	(cd "$T/src" && go build -o "$T/backupmx" ./cmd/backupmx)
+	(cd "$T/src" && go build -o "$T/backupmx" ./cmd/backupmx && go build -o "$T/floor" ./bench/floor)
 fi
 
 # bmx_start NAME PROBE: a fresh store in $T/NAME, primary = $BMX_SINK (down until a sink starts);
@@ -318,16 +325,25 @@ perf_stop() {
 # median: the median of the numbers on stdin (one per line).
 median() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.0f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
+# bench/floor takes a third turn in the 50-session load: what a Go server that does
+# nothing but answer gets from the machine in those minutes (bench/README.md, "the
+# floor"). The VM's speed moves the two servers' rates, and their ratio, by up to a
+# third within minutes; this says which state each run met.
 accept_tests() {
-	local secs r name addr runs
+	local secs r name addr runs names
 	for spec in "1 $N1 10240" "10 $N10 10240" "50 $N50 10240" "10 $NBIG 102400"; do
 		set -- $spec
-		for name in backupmx postfix; do : >"$T/runs-$name"; done
+		names="backupmx postfix"
+		[ "$1" = 50 ] && [ "$FLOOR" = 1 ] && names="backupmx postfix floor"
+		for name in $names; do : >"$T/runs-$name"; done
 		for r in $(seq "$REPEAT"); do
-			for name in backupmx postfix; do
+			for name in $names; do
 				[ "$name" = postfix ] && [ "$SKIP_POSTFIX" = 1 ] && continue
-				addr=$BMX_SMTP
-				[ "$name" = postfix ] && addr=$PF_SMTP
+				case $name in
+				backupmx) addr=$BMX_SMTP ;;
+				postfix) addr=$PF_SMTP ;;
+				floor) addr=$FLOOR_SMTP ;;
+				esac
 				[ "$name" = backupmx ] && [ "$r" = 1 ] && [ "$spec" = "10 $N10 10240" ] && perf_start accept10 "$BMX_PID"
 				secs=$(source_run "$addr" "$1" "$2" "$3")
 				[ "$name" = backupmx ] && [ "$r" = 1 ] && [ "$spec" = "10 $N10 10240" ] && perf_stop accept10
@@ -341,11 +357,15 @@ accept_tests() {
 				sleep 1
 			done
 		done
-		for name in backupmx postfix; do
+		for name in $names; do
 			[ -s "$T/runs-$name" ] || continue
 			runs=$(grep . "$T/runs-$name" | tr '\n' ' ')
 			log "$name accept, $(($3 / 1024)) KB, $1 sessions: runs ${runs}→ median $(grep . "$T/runs-$name" | median)"
-			record "accept $(($3 / 1024)) KB, $1 sessions" "$name" "$(grep . "$T/runs-$name" | median)"
+			if [ "$name" = floor ]; then
+				record "machine gauge: bench/floor, 10 KB, $1 sessions" machine "$(grep . "$T/runs-$name" | median)"
+			else
+				record "accept $(($3 / 1024)) KB, $1 sessions" "$name" "$(grep . "$T/runs-$name" | median)"
+			fi
 		done
 	done
 }
@@ -355,9 +375,18 @@ TOTAL_ACCEPT=$(((N1 + N10 + N50 + NBIG) * REPEAT))
 log "phase 1: accept, primary down (backupmx's default probe_interval); both servers up, taking turns, $REPEAT runs each"
 bmx_start accept default
 [ "$SKIP_POSTFIX" != 1 ] && pf_start
+if [ "$FLOOR" = 1 ]; then
+	"$T/floor" "$FLOOR_SMTP" 2>/dev/null &
+	FLOOR_PID=$!
+fi
 sampler "$BMX_PID" &
 SAMPLER_PID=$!
 accept_tests
+if [ -n "$FLOOR_PID" ]; then
+	kill "$FLOOR_PID"
+	wait "$FLOOR_PID" 2>/dev/null || true
+	FLOOR_PID=""
+fi
 n=$(bmx_count)
 log "backupmx queue after accept: $n deliveries (expected $TOTAL_ACCEPT)"
 [ "$n" = "$TOTAL_ACCEPT" ] || { echo "backupmx queue count mismatch" >&2; exit 1; }
