@@ -13,7 +13,8 @@
 # record backupmx during the 10-session accept and the flush drain; summaries printed
 # by bench/perf-summary.py, perf.data files kept in bench/out/), FLOOR=0 (leave out
 # bench/floor, the bare Go responder that takes a turn in the 50-session load as a
-# gauge of the machine's speed at that moment).
+# gauge of the machine's speed at that moment). CPU µs per message per server comes from
+# cgroup v1 cpuacct where writable (bench/README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -72,6 +73,7 @@ cleanup() {
 			sleep 0.1
 		done
 	fi
+	[ -n "$CG" ] && rmdir "$CG"/backupmx "$CG"/postfix "$CG"/floor "$CG" 2>/dev/null
 	if [ "${KEEP:-0}" = 1 ]; then echo "kept $T"; else rm -rf "$T"; fi
 }
 trap cleanup EXIT
@@ -79,6 +81,17 @@ trap 'exit 130' INT TERM
 
 . bench/lib.sh # now, elapsed, rate, log
 record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$RESULTS"; } # test, server, value
+
+# CPU per message: backupmx, Postfix (master and every process it forks) and bench/floor
+# each start in a cgroup of their own (v1 cpuacct, where this machine has it writable),
+# whose cpuacct.usage (ns) is read around each accept run. Without it, no CPU figures.
+CG=""
+if [ -w /sys/fs/cgroup/cpuacct ] && mkdir "/sys/fs/cgroup/cpuacct/backupmx-bench.$$" 2>/dev/null; then
+	CG=/sys/fs/cgroup/cpuacct/backupmx-bench.$$
+	mkdir "$CG/backupmx" "$CG/postfix" "$CG/floor"
+fi
+cg_enter() { [ -z "$CG" ] || echo "$BASHPID" >"$CG/$1/tasks"; } # cg_enter NAME: this (sub)shell into NAME's group
+cg_usage() { if [ -n "$CG" ]; then cat "$CG/$1/cpuacct.usage"; else echo 0; fi; }
 
 # ---------- machine ----------
 
@@ -116,7 +129,7 @@ bmx_start() {
 		"engine = \"embedded\"
 dir = \"$dir/store\"" "$probe" >"$dir/backupmx.toml"
 	BMX_CONF=$dir/backupmx.toml
-	"$T/backupmx" serve -config "$BMX_CONF" 2>"$dir/backupmx.log" &
+	(cg_enter backupmx && exec "$T/backupmx" serve -config "$BMX_CONF" 2>"$dir/backupmx.log") &
 	BMX_PID=$!
 	for _ in $(seq 100); do
 		curl -fsS "http://$BMX_ADMIN/v1/health" >/dev/null 2>&1 && return 0
@@ -206,7 +219,7 @@ anvil     unix - - n - 1 anvil
 scache    unix - - n - 1 scache
 postlog   unix-dgram n - n - 1 postlogd
 EOF
-	postfix -c "$PF_ETC" start >/dev/null
+	(cg_enter postfix && postfix -c "$PF_ETC" start >/dev/null)
 	PF_STARTED=1
 	for _ in $(seq 100); do
 		(exec 3<>"/dev/tcp/${PF_SMTP%:*}/${PF_SMTP##*:}") 2>/dev/null && return 0
@@ -330,12 +343,12 @@ median() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]
 # floor"). The VM's speed moves the two servers' rates, and their ratio, by up to a
 # third within minutes; this says which state each run met.
 accept_tests() {
-	local secs r name addr runs names
+	local secs r name addr runs names c0 cpu
 	for spec in "1 $N1 10240" "10 $N10 10240" "50 $N50 10240" "10 $NBIG 102400"; do
 		set -- $spec
 		names="backupmx postfix"
 		[ "$1" = 50 ] && [ "$FLOOR" = 1 ] && names="backupmx postfix floor"
-		for name in $names; do : >"$T/runs-$name"; done
+		for name in $names; do : >"$T/runs-$name" && : >"$T/cpu-$name"; done
 		for r in $(seq "$REPEAT"); do
 			for name in $names; do
 				[ "$name" = postfix ] && [ "$SKIP_POSTFIX" = 1 ] && continue
@@ -345,15 +358,19 @@ accept_tests() {
 				floor) addr=$FLOOR_SMTP ;;
 				esac
 				[ "$name" = backupmx ] && [ "$r" = 1 ] && [ "$spec" = "10 $N10 10240" ] && perf_start accept10 "$BMX_PID"
+				c0=$(cg_usage "$name")
 				secs=$(source_run "$addr" "$1" "$2" "$3")
 				[ "$name" = backupmx ] && [ "$r" = 1 ] && [ "$spec" = "10 $N10 10240" ] && perf_stop accept10
-				log "$name accept (run $r): $2 msgs, $(($3 / 1024)) KB, $1 sessions: ${secs}s → $(rate "$2" "$secs") msg/s"
+				# Postfix defers what it accepted after answering (qmgr, smtp): let it
+				# finish before the next run, which may be backupmx's, and count that
+				# work in its CPU. (backupmx defers mail for a primary known down
+				# before its 250.)
+				[ "$name" = postfix ] && pf_settle
+				cpu=$((($(cg_usage "$name") - c0) / 1000 / $2))
+				log "$name accept (run $r): $2 msgs, $(($3 / 1024)) KB, $1 sessions: ${secs}s → $(rate "$2" "$secs") msg/s${CG:+, CPU $cpu µs/msg}"
 				rate "$2" "$secs" >>"$T/runs-$name"
 				echo >>"$T/runs-$name"
-				# Postfix defers what it accepted after answering (qmgr, smtp): let it
-				# finish before the next run, which may be backupmx's. (backupmx defers
-				# mail for a primary known down before its 250.)
-				[ "$name" = postfix ] && pf_settle
+				echo "$cpu" >>"$T/cpu-$name"
 				sleep 1
 			done
 		done
@@ -366,6 +383,14 @@ accept_tests() {
 			else
 				record "accept $(($3 / 1024)) KB, $1 sessions" "$name" "$(grep . "$T/runs-$name" | median)"
 			fi
+			if [ -n "$CG" ] && [ "$1" = 50 ]; then
+				log "$name CPU per message, $1 sessions: runs $(grep . "$T/cpu-$name" | tr '\n' ' ')→ median $(grep . "$T/cpu-$name" | median) µs"
+				if [ "$name" = floor ]; then
+					record "bench/floor CPU per message, $1 sessions (µs)" machine "$(grep . "$T/cpu-$name" | median)"
+				else
+					record "CPU per message, accept 10 KB, $1 sessions (µs)" "$name" "$(grep . "$T/cpu-$name" | median)"
+				fi
+			fi
 		done
 	done
 }
@@ -376,7 +401,7 @@ log "phase 1: accept, primary down (backupmx's default probe_interval); both ser
 bmx_start accept default
 [ "$SKIP_POSTFIX" != 1 ] && pf_start
 if [ "$FLOOR" = 1 ]; then
-	"$T/floor" "$FLOOR_SMTP" 2>/dev/null &
+	(cg_enter floor && exec "$T/floor" "$FLOOR_SMTP" 2>/dev/null) &
 	FLOOR_PID=$!
 fi
 sampler "$BMX_PID" &
@@ -502,10 +527,10 @@ awk -F'\t' '
 			t = name[i]
 			if ((t, "machine") in v) { printf "%-48s %12s\n", t, v[t, "machine"]; continue }
 			b = v[t, "backupmx"]; p = v[t, "postfix"]; r = ""
-			if (b + 0 > 0 && p + 0 > 0) r = sprintf("%.1f×", (t ~ /RSS|\(s\)/) ? p / b : b / p)
+			if (b + 0 > 0 && p + 0 > 0) r = sprintf("%.1f×", (t ~ /RSS|\(s\)|µs/) ? p / b : b / p)
 			printf "%-48s %12s %12s %8s\n", t, (b == "" ? "-" : b), (p == "" ? "-" : p), r
 		}
 	}' "$RESULTS"
 echo
-echo "ratio: backupmx ÷ Postfix for rates; Postfix ÷ backupmx for seconds and RSS (higher is better for backupmx)"
+echo "ratio: backupmx ÷ Postfix for rates; Postfix ÷ backupmx for seconds, RSS and CPU µs (higher is better for backupmx)"
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
