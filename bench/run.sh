@@ -73,7 +73,7 @@ cleanup() {
 			sleep 0.1
 		done
 	fi
-	[ -n "$CG" ] && rmdir "$CG"/backupmx "$CG"/postfix "$CG"/floor "$CG" 2>/dev/null
+	[ -n "${CG:-}" ] && rmdir "$CG"/backupmx "$CG"/postfix "$CG"/floor "$CG" 2>/dev/null
 	if [ "${KEEP:-0}" = 1 ]; then echo "kept $T"; else rm -rf "$T"; fi
 }
 trap cleanup EXIT
