@@ -101,7 +101,7 @@ func newLogger(c config.Log, w io.Writer) *slog.Logger {
 func openStore(cfg *config.Config) (store.Store, error) {
 	switch cfg.Store.Engine {
 	case "embedded":
-		return embedded.Open(cfg.Store.Dir)
+		return embedded.Open(cfg.Store.Dir, embedded.WithCommitDelay(time.Duration(cfg.Store.CommitDelay)))
 	case "postgres":
 		// Leases run on the database clock: nodes' clocks may differ.
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

@@ -109,6 +109,9 @@ type Store struct {
 	Engine string `toml:"engine"` // "embedded" (default) or "postgres"
 	Dir    string `toml:"dir"`    // embedded: data directory
 	DSN    string `toml:"dsn"`    // postgres: connection string
+	// CommitDelay (embedded): how long a group commit waits, at most, for
+	// messages still being received; default 2ms, "0s" = never.
+	CommitDelay Duration `toml:"commit_delay"`
 }
 
 // Queue is the scheduler's policy.
@@ -239,6 +242,7 @@ func Parse(text string) (*Config, error) {
 	// decoding, so that an explicit zero survives.
 	c := Config{
 		SMTP:  SMTP{PregreetWait: Duration(time.Second), ConnectionRatePerIP: 100},
+		Store: Store{CommitDelay: Duration(2 * time.Millisecond)},
 		DNSBL: DNSBL{Zones: append([]string(nil), DefaultDNSBLZones...), Threshold: 2},
 	}
 	md, err := toml.Decode(text, &c)
@@ -337,6 +341,9 @@ func (c *Config) Validate() error {
 	case "embedded":
 		if c.Store.Dir == "" {
 			c.Store.Dir = "var"
+		}
+		if c.Store.CommitDelay < 0 || c.Store.CommitDelay > Duration(time.Second) {
+			bad("store.commit_delay", "must be between 0s and 1s")
 		}
 	case "postgres":
 		if c.Store.DSN == "" {

@@ -54,7 +54,7 @@ name = "Example.TEST."
 			t.Fatalf("retry %v, want %v", retry, want)
 		}
 	}
-	if c.Store.Engine != "embedded" || c.Store.Dir != "var" || c.SMTP.MaxMessageSize != 50<<20 || c.SMTP.MaxReceived != 100 {
+	if c.Store.Engine != "embedded" || c.Store.Dir != "var" || c.Store.CommitDelay.D() != 2*time.Millisecond || c.SMTP.MaxMessageSize != 50<<20 || c.SMTP.MaxReceived != 100 {
 		t.Errorf("store %+v size %d max_received %d", c.Store, c.SMTP.MaxMessageSize, c.SMTP.MaxReceived)
 	}
 	if c.Node != "mx.test" {
@@ -63,6 +63,18 @@ name = "Example.TEST."
 	d := c.Domain("example.test")
 	if d == nil || d.Retention.D() != 15*24*time.Hour {
 		t.Fatalf("domain not normalised or retention not inherited: %+v", d)
+	}
+}
+
+// TestCommitDelayZeroKept: "0s" turns the commit delay off; it is not
+// replaced by the default.
+func TestCommitDelayZeroKept(t *testing.T) {
+	c, err := Parse("[store]\ncommit_delay = \"0s\"\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Store.CommitDelay != 0 {
+		t.Errorf("commit_delay %v, want 0", c.Store.CommitDelay.D())
 	}
 }
 
@@ -89,6 +101,8 @@ func TestErrorsNameTheKey(t *testing.T) {
 		{"[queue]\nretry = [\"10m\", \"-1m\"]", "queue.retry[1]"},
 		{"[store]\nengine = \"mysql\"", "store.engine"},
 		{"[store]\nengine = \"postgres\"", "store.dsn"},
+		{"[store]\ncommit_delay = \"-1ms\"", "store.commit_delay"},
+		{"[store]\ncommit_delay = \"5s\"", "store.commit_delay"},
 		{"[admin]\nlisten = \"0.0.0.0:8025\"", "admin.token"},
 		{"[dns]\nresolver = \"8.8.8.8\"", "dns.resolver"},
 		{"[notices]\nsmarthost = \"relay\"", "notices.smarthost"},

@@ -37,7 +37,10 @@
 //
 // Writes go through one writer goroutine that commits whatever is pending in
 // one transaction (group commit): concurrent callers share the segment,
-// directory and WAL syncs, and each gets its own error. Claim runs in that writer too, so
+// directory and WAL syncs, and each gets its own error. Before committing, the
+// writer waits up to the commit delay for messages whose Enqueue has started
+// and not yet reached it, so the groups are larger; with none on their way it
+// commits at once. Claim runs in that writer too, so
 // claims are atomic with respect to each other. Reads use a separate
 // read-only connection pool. Leases left from a previous run are released at
 // Open (one node owns the directory, enforced with flock); their fencing
@@ -62,6 +65,7 @@ import (
 	"path/filepath"
 	"sync"
 	"syscall"
+	"time"
 
 	_ "modernc.org/sqlite" // driver "sqlite"
 
@@ -78,9 +82,20 @@ type Option func(*options)
 type options struct {
 	logger   *slog.Logger
 	maxBatch int
+	delay    time.Duration
 	smallMax int64
 	segMax   int64
 }
+
+// DefaultCommitDelay is the default longest wait of a group commit for
+// messages on their way (WithCommitDelay).
+const DefaultCommitDelay = 2 * time.Millisecond
+
+// WithCommitDelay sets how long, at most, a group commit waits for the
+// messages whose Enqueue has started and not yet reached it (default
+// DefaultCommitDelay; 0 commits at once). A commit with none on their way
+// does not wait.
+func WithCommitDelay(d time.Duration) Option { return func(o *options) { o.delay = max(d, 0) } }
 
 // DefaultSmallMax is the default small-body threshold (WithSmallMax).
 const DefaultSmallMax = 64 << 10
@@ -173,7 +188,7 @@ CREATE TABLE IF NOT EXISTS bodies (
 // Open opens (creating if needed) the store in dir, sweeps orphaned body
 // files, and starts the writer.
 func Open(dir string, opts ...Option) (*Store, error) {
-	o := options{logger: slog.New(slog.DiscardHandler), maxBatch: 512, smallMax: DefaultSmallMax, segMax: defaultSegMax}
+	o := options{logger: slog.New(slog.DiscardHandler), maxBatch: 512, delay: DefaultCommitDelay, smallMax: DefaultSmallMax, segMax: defaultSegMax}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -252,7 +267,7 @@ func (s *Store) open(o options) error {
 	if err != nil {
 		return err
 	}
-	s.w, err = newWriter(s.wdb, o.maxBatch)
+	s.w, err = newWriter(s.wdb, o.maxBatch, o.delay)
 	return err
 }
 

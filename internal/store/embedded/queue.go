@@ -43,6 +43,9 @@ func (s *Store) Enqueue(ctx context.Context, env *store.Envelope, body io.Reader
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
+	// The writer may wait for this message before it commits others.
+	a := s.w.arriving()
+	defer a.done()
 
 	// head is what was read of the body before deciding where it goes.
 	var head []byte
@@ -52,7 +55,7 @@ func (s *Store) Enqueue(ctx context.Context, env *store.Envelope, body io.Reader
 		n, err := io.ReadFull(body, *bp) // len(*bp) == smallMax+1
 		switch {
 		case err == io.EOF || err == io.ErrUnexpectedEOF:
-			return s.enqueueSmall(ctx, rows, (*bp)[:n])
+			return s.enqueueSmall(ctx, rows, (*bp)[:n], a)
 		case err != nil:
 			return 0, err
 		}
@@ -81,7 +84,7 @@ func (s *Store) Enqueue(ctx context.Context, env *store.Envelope, body io.Reader
 	}
 
 	rows.size = n
-	err = s.w.doRows(ctx, dirSync(filepath.Dir(final)), rows)
+	err = s.w.doRows(ctx, dirSync(filepath.Dir(final)), rows, a)
 	if err != nil {
 		// No row points at the file (or the sweep will find it so).
 		_ = os.Remove(final)
@@ -93,14 +96,14 @@ func (s *Store) Enqueue(ctx context.Context, env *store.Envelope, body io.Reader
 // enqueueSmall appends a body of at most the threshold to the current
 // segment, then commits the message's rows, its segbodies row among them, in
 // one op of the writer's group (which fdatasyncs the segment first).
-func (s *Store) enqueueSmall(ctx context.Context, rows *newRows, data []byte) (int64, error) {
+func (s *Store) enqueueSmall(ctx context.Context, rows *newRows, data []byte, a *arrival) (int64, error) {
 	sg, off, err := s.segs.append(data)
 	if err != nil {
 		return 0, err
 	}
 	n := int64(len(data))
 	rows.size, rows.inSeg, rows.seg, rows.off = n, true, int64(sg.n), off
-	err = s.w.doRows(ctx, sg, rows)
+	err = s.w.doRows(ctx, sg, rows, a)
 	s.segs.settle(sg, off, n, err == nil)
 	if err != nil {
 		return 0, err

@@ -5,6 +5,8 @@ import (
 	"database/sql"
 	"slices"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"backupmx/internal/store/embedded/safefile"
 )
@@ -20,6 +22,12 @@ import (
 // fails, the whole group is rolled back and run again with a savepoint per op.
 // So an op's fn may run twice: it must set, not accumulate, what it reports.
 //
+// Commit delay: a group's syncs and commit cost about the same for one
+// message as for twenty, so when other messages are on their way (their
+// Enqueue has started: the body is being received or written) the writer
+// waits for them, at most delay, before it commits: fewer, larger groups.
+// With nothing on its way (one sender at a time) it commits at once.
+//
 // It holds one connection for its whole life and prepares its statements on
 // it once (SQLite parsing and planning was the largest part of the cost of
 // a write); transactions are BEGIN IMMEDIATE … COMMIT on that connection.
@@ -27,7 +35,11 @@ type writer struct {
 	conn     *sql.Conn
 	st       *wstmts
 	maxBatch int
+	delay    time.Duration // longest wait for messages on their way (0: none)
 	ops      chan *op
+	// coming counts the Enqueues started and not yet handed over (arrival).
+	coming atomic.Int64
+	groups atomic.Int64 // groups committed or rolled back so far
 
 	mu     sync.RWMutex // held for reading while sending on ops
 	closed bool
@@ -41,7 +53,10 @@ type op struct {
 	// rows, if set, are a new message's rows, which fn inserts: with other
 	// ops' rows they are inserted by a few multi-row INSERTs (see runPlain).
 	rows *newRows
-	done chan error
+	// arrived, if set, is called just before the op is handed over (it
+	// takes the caller's Enqueue out of coming).
+	arrived func()
+	done    chan error
 }
 
 // A syncer is something an op needs durable before its rows are committed:
@@ -69,7 +84,7 @@ func (t *wtx) Exec(q string, args ...any) (sql.Result, error) {
 
 // newWriter takes one connection of db for good, prepares the writer's
 // statements on it and starts the goroutine.
-func newWriter(db *sql.DB, maxBatch int) (*writer, error) {
+func newWriter(db *sql.DB, maxBatch int, delay time.Duration) (*writer, error) {
 	ctx := context.Background()
 	conn, err := db.Conn(ctx)
 	if err != nil {
@@ -84,6 +99,7 @@ func newWriter(db *sql.DB, maxBatch int) (*writer, error) {
 		conn:     conn,
 		st:       st,
 		maxBatch: maxBatch,
+		delay:    delay,
 		ops:      make(chan *op, maxBatch),
 		quit:     make(chan struct{}),
 		exited:   make(chan struct{}),
@@ -99,10 +115,32 @@ func (w *writer) do(ctx context.Context, sync syncer, fn func(*wtx) error) error
 	return w.send(ctx, &op{sync: sync, fn: fn})
 }
 
-// doRows is do for inserting a new message's rows.
-func (w *writer) doRows(ctx context.Context, sync syncer, rows *newRows) error {
+// doRows is do for inserting a new message's rows; a is the arrival
+// that Enqueue started.
+func (w *writer) doRows(ctx context.Context, sync syncer, rows *newRows, a *arrival) error {
 	fn := func(tx *wtx) error { return insertRows(tx, []*newRows{rows}) }
-	return w.send(ctx, &op{sync: sync, fn: fn, rows: rows})
+	return w.send(ctx, &op{sync: sync, fn: fn, rows: rows, arrived: a.done})
+}
+
+// An arrival is a message on its way to the writer: counted in coming from
+// Enqueue's start until its op is handed over or Enqueue gives up.
+type arrival struct {
+	w     *writer
+	ended bool
+}
+
+// arriving counts a message on its way; the caller must call done (twice
+// is harmless).
+func (w *writer) arriving() *arrival {
+	w.coming.Add(1)
+	return &arrival{w: w}
+}
+
+func (a *arrival) done() {
+	if !a.ended {
+		a.ended = true
+		a.w.coming.Add(-1)
+	}
 }
 
 func (w *writer) send(ctx context.Context, o *op) error {
@@ -110,6 +148,9 @@ func (w *writer) send(ctx context.Context, o *op) error {
 		return err
 	}
 	o.done = make(chan error, 1)
+	if o.arrived != nil {
+		o.arrived()
+	}
 	w.mu.RLock()
 	if w.closed {
 		w.mu.RUnlock()
@@ -158,8 +199,29 @@ func (w *writer) run() {
 				w.commit(batch)
 			}
 		}
-		w.commit(w.fill(batch))
+		w.commit(w.gather(w.fill(batch)))
 	}
+}
+
+// gather waits, at most w.delay, for the messages on their way to join
+// batch, and then takes whatever else is pending.
+func (w *writer) gather(batch []*op) []*op {
+	if w.delay <= 0 || len(batch) >= w.maxBatch || w.coming.Load() == 0 {
+		return batch
+	}
+	t := time.NewTimer(w.delay)
+	defer t.Stop()
+	for len(batch) < w.maxBatch && w.coming.Load() > 0 {
+		select {
+		case o := <-w.ops:
+			batch = append(batch, o)
+		case <-t.C:
+			return w.fill(batch)
+		case <-w.quit:
+			return w.fill(batch)
+		}
+	}
+	return w.fill(batch)
 }
 
 // fill appends pending ops to batch without waiting.
@@ -176,6 +238,7 @@ func (w *writer) fill(batch []*op) []*op {
 }
 
 func (w *writer) commit(batch []*op) {
+	w.groups.Add(1)
 	errs := make([]error, len(batch))
 	defer func() {
 		for i, o := range batch {
