@@ -60,7 +60,9 @@ func TestCommitWaitsForMessagesOnTheirWay(t *testing.T) {
 	groups := s.w.groups.Load()
 	fast := enqueueAsync(s, "fast", strings.NewReader("fast body"))
 	// The fast one is handed over (coming back to 1, its op taken from the
-	// queue), then held while the slow one is on its way.
+	// queue), then held while the slow one is on its way. (If this wait
+	// passes before the fast one started, the group count below still
+	// tells whether it was committed alone.)
 	waitFor(t, "the fast message to reach the writer", func() bool {
 		return s.w.coming.Load() == 1 && s.w.pending() == 0 && s.w.groups.Load() == groups
 	})

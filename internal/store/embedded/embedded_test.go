@@ -84,8 +84,7 @@ func readBody(t testing.TB, s *Store, id string) []byte {
 
 func enqueue(t testing.TB, s *Store, id, body string) {
 	t.Helper()
-	e := &store.Envelope{ID: id, Received: storetest.T0, Domains: map[string][]store.Recipient{"a.test": {{Addr: "u@a.test"}}}}
-	if _, err := s.Enqueue(context.Background(), e, bytes.NewReader([]byte(body))); err != nil {
+	if _, err := s.Enqueue(context.Background(), envelope(id), bytes.NewReader([]byte(body))); err != nil {
 		t.Fatalf("Enqueue: %v", err)
 	}
 }
