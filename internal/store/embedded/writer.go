@@ -53,9 +53,9 @@ type op struct {
 	// rows, if set, are a new message's rows, which fn inserts: with other
 	// ops' rows they are inserted by a few multi-row INSERTs (see runPlain).
 	rows *newRows
-	// arrived, if set, is called just before the op is handed over (it
-	// takes the caller's Enqueue out of coming).
-	arrived func()
+	// arrival, if set, ends just before the op is handed over (it takes
+	// the caller's Enqueue out of coming).
+	arrival *arrival
 	done    chan error
 }
 
@@ -119,7 +119,7 @@ func (w *writer) do(ctx context.Context, sync syncer, fn func(*wtx) error) error
 // that Enqueue started.
 func (w *writer) doRows(ctx context.Context, sync syncer, rows *newRows, a *arrival) error {
 	fn := func(tx *wtx) error { return insertRows(tx, []*newRows{rows}) }
-	return w.send(ctx, &op{sync: sync, fn: fn, rows: rows, arrived: a.done})
+	return w.send(ctx, &op{sync: sync, fn: fn, rows: rows, arrival: a})
 }
 
 // An arrival is a message on its way to the writer: counted in coming from
@@ -148,8 +148,8 @@ func (w *writer) send(ctx context.Context, o *op) error {
 		return err
 	}
 	o.done = make(chan error, 1)
-	if o.arrived != nil {
-		o.arrived()
+	if o.arrival != nil {
+		o.arrival.done()
 	}
 	w.mu.RLock()
 	if w.closed {
@@ -211,14 +211,15 @@ func (w *writer) gather(batch []*op) []*op {
 	}
 	t := time.NewTimer(w.delay)
 	defer t.Stop()
+wait:
 	for len(batch) < w.maxBatch && w.coming.Load() > 0 {
 		select {
 		case o := <-w.ops:
 			batch = append(batch, o)
 		case <-t.C:
-			return w.fill(batch)
+			break wait
 		case <-w.quit:
-			return w.fill(batch)
+			break wait
 		}
 	}
 	return w.fill(batch)
